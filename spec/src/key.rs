@@ -1,0 +1,84 @@
+//! Keys: an int or a string; a store accepts one kind, fixed by its first call that carries keys.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A key of the store.
+///
+/// Int keys cover the whole `i64` range (a superset of the 32-bit range MXNet accepts).
+/// Ordering is by kind, then by value; a store only ever holds one kind.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Key {
+    /// An integer key.
+    Int(i64),
+    /// A string key.
+    Str(String),
+}
+
+/// The two kinds of key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyType {
+    /// Integer keys.
+    Int,
+    /// String keys.
+    Str,
+}
+
+impl Key {
+    /// Which kind of key this is.
+    pub fn key_type(&self) -> KeyType {
+        match self {
+            Key::Int(_) => KeyType::Int,
+            Key::Str(_) => KeyType::Str,
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Int(k) => write!(f, "{k}"),
+            Key::Str(s) => write!(f, "'{s}'"),
+        }
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyType::Int => "int",
+            KeyType::Str => "string",
+        })
+    }
+}
+
+impl From<i32> for Key {
+    fn from(k: i32) -> Self {
+        Key::Int(i64::from(k))
+    }
+}
+
+impl From<i64> for Key {
+    fn from(k: i64) -> Self {
+        Key::Int(k)
+    }
+}
+
+impl From<&str> for Key {
+    fn from(k: &str) -> Self {
+        Key::Str(k.to_owned())
+    }
+}
+
+impl From<String> for Key {
+    fn from(k: String) -> Self {
+        Key::Str(k)
+    }
+}
+
+impl From<&Key> for Key {
+    fn from(k: &Key) -> Self {
+        k.clone()
+    }
+}

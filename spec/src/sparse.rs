@@ -1,0 +1,34 @@
+//! Row retention for `row_sparse_pull` (R27-R31).
+
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::value::{DType, Data, RowSparse, Value};
+
+/// Checks every requested id against the key's row count and returns them sorted, without
+/// duplicates (R28, R29).
+pub fn normalize_row_ids(key: &Key, ids: &[i64], rows: usize) -> Result<Vec<i64>> {
+    if let Some(&id) = ids.iter().find(|&&id| id < 0 || id as u64 >= rows as u64) {
+        return Err(Error::RowIdOutOfRange {
+            key: key.clone(),
+            id,
+            rows,
+        });
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The rows `ids` (sorted, unique, in range) of `stored`, as a row_sparse value in `dtype` that
+/// lists exactly `ids`; rows the stored value does not hold are zeros (R30).
+pub fn retain(stored: &Value, ids: &[i64], dtype: DType) -> Result<RowSparse> {
+    let dense = stored.to_dense();
+    let row_len: usize = stored.shape().iter().skip(1).product();
+    let all = dense.data().to_f64();
+    let data: Vec<f64> = ids
+        .iter()
+        .flat_map(|&id| all[id as usize * row_len..(id as usize + 1) * row_len].iter().copied())
+        .collect();
+    RowSparse::new(stored.shape().to_vec(), ids.to_vec(), Data::from_f64(dtype, &data))
+}

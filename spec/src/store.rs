@@ -1,0 +1,489 @@
+//! The single-process store (`local`, `device`, `nccl` and every other non-dist name).
+//!
+//! Every operation takes normalised `(key, value)` pairs and runs as a transaction on a copy of
+//! the store that is kept only when the whole call succeeds (R5: a failing call changes nothing).
+
+use crate::codec::Compression;
+use crate::error::{Error, Result};
+use crate::key::{Key, KeyType};
+use crate::kind::{Kind, StoreClass};
+use crate::optimizer::{Optimizer, OptimizerUpdater};
+use crate::reduce;
+use crate::sparse;
+use crate::updater::Updater;
+use crate::value::{DType, Device, RowSparse, StorageType, Tensor, Value};
+use std::collections::BTreeMap;
+
+/// A key's stored value and its place in the key order.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    value: Value,
+    /// Position in init order; orders string keys (R12).
+    seq: i64,
+}
+
+/// The updater a push applies, if any.
+#[derive(Debug, Clone)]
+enum UpdaterSlot {
+    Optimizer(OptimizerUpdater),
+    Custom(Box<dyn Updater>),
+}
+
+/// A compression residual belongs to a key, a device and that device's occurrence in the
+/// pushed list (R38).
+pub type ResidualSlot = (Key, Device, usize);
+
+/// The executable specification of a single-process store.
+///
+/// ```
+/// use kvstore_spec::{store::LocalStore, kind::Kind, Key, Tensor, Value};
+/// let mut kv = LocalStore::new(Kind::parse("local")?)?;
+/// let ones = |n: f32| Value::Dense(Tensor::new([2], vec![n, n]).unwrap());
+/// kv.init(&[(Key::Int(3), ones(0.0))])?;
+/// kv.push(&[(Key::Int(3), ones(1.0)), (Key::Int(3), ones(2.0))])?;
+/// let out = kv.pull(&[(Key::Int(3), ones(0.0))], true)?;
+/// assert_eq!(out[0].to_f32(), vec![3.0, 3.0]);
+/// # Ok::<(), kvstore_spec::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    kind: Kind,
+    key_type: Option<KeyType>,
+    entries: BTreeMap<Key, Entry>,
+    next_seq: i64,
+    updater: Option<UpdaterSlot>,
+    compression: Option<Compression>,
+    residuals: BTreeMap<ResidualSlot, Vec<f32>>,
+    /// NCCL reduces over one device set, fixed by the first multi-device push (R17).
+    nccl_devices: Option<Vec<Device>>,
+}
+
+/// Everything a caller can observe of a store, for equality checks in tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observable {
+    /// The fixed key type.
+    pub key_type: Option<KeyType>,
+    /// Every key's value.
+    pub values: BTreeMap<Key, Value>,
+    /// Compression parameters.
+    pub compression: Option<Compression>,
+    /// Compression residuals.
+    pub residuals: BTreeMap<ResidualSlot, Vec<f32>>,
+    /// The optimizer and its states, when `set_optimizer` installed one.
+    pub optimizer: Option<OptimizerUpdater>,
+    /// Whether any updater is set.
+    pub has_updater: bool,
+}
+
+impl LocalStore {
+    /// An empty store of a single-process kind.
+    pub fn new(kind: Kind) -> Result<LocalStore> {
+        if kind.class() == StoreClass::Dist {
+            return Err(Error::UnsupportedKind {
+                kind: kind.name().into(),
+                reason: "a distributed kind needs the distributed model".into(),
+            });
+        }
+        Ok(LocalStore {
+            kind,
+            key_type: None,
+            entries: BTreeMap::new(),
+            next_seq: 0,
+            updater: None,
+            compression: None,
+            residuals: BTreeMap::new(),
+            nccl_devices: None,
+        })
+    }
+
+    /// The store kind.
+    pub fn kind(&self) -> &Kind {
+        &self.kind
+    }
+
+    /// The value a key holds.
+    pub fn value(&self, key: &Key) -> Option<&Value> {
+        self.entries.get(key).map(|e| &e.value)
+    }
+
+    /// What a caller can observe, for bit-exact comparisons.
+    pub fn observable(&self) -> Observable {
+        Observable {
+            key_type: self.key_type,
+            values: self.entries.iter().map(|(k, e)| (k.clone(), e.value.clone())).collect(),
+            compression: self.compression,
+            residuals: self.residuals.clone(),
+            optimizer: match &self.updater {
+                Some(UpdaterSlot::Optimizer(o)) => Some(o.clone()),
+                _ => None,
+            },
+            has_updater: self.updater.is_some(),
+        }
+    }
+
+    /// Runs `op` on a copy and keeps the copy only if `op` succeeds (R5).
+    fn transact<T>(&mut self, op: impl FnOnce(&mut LocalStore) -> Result<T>) -> Result<T> {
+        let mut next = self.clone();
+        let out = op(&mut next)?;
+        *self = next;
+        Ok(out)
+    }
+
+    fn is_nccl(&self) -> bool {
+        self.kind.class() == StoreClass::Nccl
+    }
+
+    fn unsupported(&self, op: &'static str) -> Error {
+        Error::UnsupportedOperation {
+            op,
+            kind: self.kind.name().into(),
+        }
+    }
+
+    /// Fixes the key type at the first call with keys; later calls must match (R8, R9).
+    fn fix_key_type<'a>(&mut self, keys: impl IntoIterator<Item = &'a Key>) -> Result<()> {
+        for key in keys {
+            let found = key.key_type();
+            match self.key_type {
+                None => self.key_type = Some(found),
+                Some(expected) if expected != found => {
+                    return Err(Error::KeyTypeMismatch {
+                        expected,
+                        found,
+                        key: key.clone(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&self, key: &Key) -> Result<&Entry> {
+        self.entries.get(key).ok_or_else(|| Error::NotInitialized { key: key.clone() })
+    }
+
+    fn check_shape(&self, key: &Key, value: &Value) -> Result<()> {
+        let expected = self.entry(key)?.value.shape();
+        if expected != value.shape() {
+            return Err(Error::ShapeMismatch {
+                key: key.clone(),
+                expected: expected.to_vec(),
+                found: value.shape().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_dense_only(&self, key: &Key, value: &Value) -> Result<()> {
+        if self.is_nccl() && value.stype() == StorageType::RowSparse {
+            return Err(Error::StorageTypeMismatch {
+                key: key.clone(),
+                expected: StorageType::Dense,
+                found: StorageType::RowSparse,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores a copy of each value; every key must be new, also within the call (R10, R11).
+    pub fn init(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
+        self.transact(|s| s.init_unchecked(pairs))
+    }
+
+    fn init_unchecked(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
+        self.fix_key_type(pairs.iter().map(|(k, _)| k))?;
+        for (key, value) in pairs {
+            if self.entries.contains_key(key) {
+                return Err(Error::DuplicateInit { key: key.clone() });
+            }
+            self.check_dense_only(key, value)?;
+            let entry = Entry {
+                value: value.clone().on(Device::Cpu(0)),
+                seq: self.next_seq,
+            };
+            self.next_seq += 1;
+            self.entries.insert(key.clone(), entry);
+        }
+        Ok(())
+    }
+
+    /// Groups values by key in key order, each group's values in call order (R12, R13).
+    fn group<'a>(&self, pairs: &'a [(Key, Value)]) -> Result<Vec<(Key, Vec<&'a Value>)>> {
+        let mut groups: BTreeMap<&Key, Vec<&Value>> = BTreeMap::new();
+        for (key, value) in pairs {
+            groups.entry(key).or_default().push(value);
+        }
+        let mut ordered = Vec::with_capacity(groups.len());
+        for (key, values) in groups {
+            let order = match key {
+                Key::Int(k) => *k,
+                Key::Str(_) => self.entry(key)?.seq,
+            };
+            ordered.push((order, key.clone(), values));
+        }
+        ordered.sort_by_key(|(order, _, _)| *order);
+        Ok(ordered.into_iter().map(|(_, k, v)| (k, v)).collect())
+    }
+
+    /// Merges each key's values and stores the sum, or hands it to the updater (R12-R22).
+    pub fn push(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
+        self.transact(|s| s.push_unchecked(pairs))
+    }
+
+    fn push_unchecked(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
+        self.fix_key_type(pairs.iter().map(|(k, _)| k))?;
+        for (key, values) in self.group(pairs)? {
+            let merged = self.merge(&key, &values)?;
+            self.apply(&key, merged)?;
+        }
+        Ok(())
+    }
+
+    /// The sum of one key's pushed values in the key's dtype, compressed first when set (R14).
+    fn merge(&mut self, key: &Key, values: &[&Value]) -> Result<Value> {
+        let dtype = self.entry(key)?.value.dtype();
+        for value in values {
+            self.check_shape(key, value)?;
+            self.check_dense_only(key, value)?;
+        }
+        self.check_nccl_devices(key, values)?;
+        let values: Vec<Value> = match self.compression {
+            Some(c) => self.compress_all(c, key, dtype, values)?,
+            None => values.iter().map(|v| (*v).clone()).collect(),
+        };
+        reduce::sum(&values, dtype)?.ok_or_else(|| Error::EmptyValueList { key: key.clone() })
+    }
+
+    fn check_nccl_devices(&mut self, key: &Key, values: &[&Value]) -> Result<()> {
+        if !self.is_nccl() || values.len() < 2 {
+            return Ok(());
+        }
+        let mut devices: Vec<Device> = values.iter().map(|v| v.device()).collect();
+        devices.sort();
+        match &self.nccl_devices {
+            None => self.nccl_devices = Some(devices),
+            Some(expected) if *expected != devices => {
+                return Err(Error::DeviceSetChanged {
+                    key: key.clone(),
+                    expected: expected.clone(),
+                    found: devices,
+                })
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Quantises each value with its residual slot and returns what the receiver decodes (R37-R39).
+    fn compress_all(&mut self, c: Compression, key: &Key, dtype: DType, values: &[&Value]) -> Result<Vec<Value>> {
+        let mut seen: BTreeMap<Device, usize> = BTreeMap::new();
+        let mut decoded = Vec::with_capacity(values.len());
+        for value in values {
+            let grad = match value {
+                Value::Dense(t) if t.dtype() == DType::F32 && dtype == DType::F32 => t.to_f32(),
+                other => {
+                    return Err(Error::CompressionUnsupportedValue {
+                        key: key.clone(),
+                        stype: other.stype(),
+                        dtype: if other.dtype() == DType::F32 { dtype } else { other.dtype() },
+                    })
+                }
+            };
+            let occurrence = seen.entry(value.device()).or_insert(0);
+            let slot = (key.clone(), value.device(), *occurrence);
+            *occurrence += 1;
+            let residual = self.residuals.entry(slot).or_insert_with(|| vec![0.0; grad.len()]);
+            let words = c.quantize(&grad, residual)?;
+            let tensor = Tensor::new(value.shape().to_vec(), c.dequantize(&words, grad.len())?)?;
+            decoded.push(Value::Dense(tensor.on(value.device())));
+        }
+        Ok(decoded)
+    }
+
+    /// Replaces the stored value with the merged one, or runs the updater on it (R18, R19, R22).
+    fn apply(&mut self, key: &Key, merged: Value) -> Result<()> {
+        let stored = self.entry(key)?.value.clone();
+        let next = match &mut self.updater {
+            None => merged.on(stored.device()),
+            Some(slot) => {
+                let mut next = stored.clone();
+                let updater: &mut dyn Updater = match slot {
+                    UpdaterSlot::Optimizer(o) => o,
+                    UpdaterSlot::Custom(u) => u.as_mut(),
+                };
+                updater.update(key, &merged, &mut next).map_err(|e| Error::Updater {
+                    key: key.clone(),
+                    message: e.0,
+                })?;
+                check_updated(key, &stored, &next)?;
+                next
+            }
+        };
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.value = next;
+        }
+        Ok(())
+    }
+
+    /// Copies each key's value into its outputs (R23-R26 of pull: broadcast, cast, sparse skip).
+    ///
+    /// `outs` holds each output's current content; the result is each output's new content, in
+    /// the same order.
+    pub fn pull(&mut self, outs: &[(Key, Value)], ignore_sparse: bool) -> Result<Vec<Value>> {
+        self.transact(|s| s.pull_unchecked(outs, ignore_sparse))
+    }
+
+    fn pull_unchecked(&mut self, outs: &[(Key, Value)], ignore_sparse: bool) -> Result<Vec<Value>> {
+        if self.is_nccl() && !ignore_sparse {
+            return Err(self.unsupported("pull with ignore_sparse=false"));
+        }
+        self.fix_key_type(outs.iter().map(|(k, _)| k))?;
+        outs.iter().map(|(key, out)| self.pull_one(key, out, ignore_sparse)).collect()
+    }
+
+    fn pull_one(&self, key: &Key, out: &Value, ignore_sparse: bool) -> Result<Value> {
+        self.check_shape(key, out)?;
+        let stored = &self.entry(key)?.value;
+        Ok(match out {
+            Value::Dense(_) => Value::Dense(stored.to_dense().cast(out.dtype())),
+            Value::RowSparse(_) if ignore_sparse => return Ok(out.clone()),
+            Value::RowSparse(_) => Value::RowSparse(all_rows(stored)?.cast(out.dtype())),
+        }
+        .on(out.device()))
+    }
+
+    /// Fills row_sparse outputs with the requested rows (R27-R31).
+    ///
+    /// One `row_ids` list serves every output; otherwise there is one list per output.
+    pub fn row_sparse_pull(&mut self, outs: &[(Key, Value)], row_ids: &[Vec<i64>]) -> Result<Vec<Value>> {
+        self.transact(|s| s.row_sparse_pull_unchecked(outs, row_ids))
+    }
+
+    fn row_sparse_pull_unchecked(&mut self, outs: &[(Key, Value)], row_ids: &[Vec<i64>]) -> Result<Vec<Value>> {
+        if self.is_nccl() {
+            return Err(self.unsupported("row_sparse_pull"));
+        }
+        self.fix_key_type(outs.iter().map(|(k, _)| k))?;
+        let ids_for = |i: usize| match row_ids {
+            [only] => Some(only),
+            many => many.get(i),
+        };
+        if row_ids.len() != 1 && row_ids.len() != outs.len() {
+            return Err(Error::RowIdsCountMismatch {
+                row_ids: row_ids.len(),
+                outputs: outs.len(),
+            });
+        }
+        outs.iter()
+            .enumerate()
+            .map(|(i, (key, out))| self.retain_one(key, out, ids_for(i).map_or(&[][..], |v| v)))
+            .collect()
+    }
+
+    fn retain_one(&self, key: &Key, out: &Value, ids: &[i64]) -> Result<Value> {
+        let stored = &self.entry(key)?.value;
+        if out.stype() != StorageType::RowSparse {
+            return Err(Error::StorageTypeMismatch {
+                key: key.clone(),
+                expected: StorageType::RowSparse,
+                found: out.stype(),
+            });
+        }
+        self.check_shape(key, out)?;
+        let rows = stored.shape().first().copied().unwrap_or(0);
+        let ids = sparse::normalize_row_ids(key, ids, rows)?;
+        Ok(Value::RowSparse(sparse::retain(stored, &ids, out.dtype())?.on(out.device())))
+    }
+
+    /// `push` then `pull` into `outs`, as one call (R32).
+    pub fn pushpull(&mut self, pairs: &[(Key, Value)], outs: &[(Key, Value)]) -> Result<Vec<Value>> {
+        self.transact(|s| {
+            s.push_unchecked(pairs)?;
+            s.pull_unchecked(outs, true)
+        })
+    }
+
+    /// `init` then `pull` into `outs`, as one call (R32).
+    pub fn broadcast(&mut self, pairs: &[(Key, Value)], outs: &[(Key, Value)]) -> Result<Vec<Value>> {
+        self.transact(|s| {
+            s.init_unchecked(pairs)?;
+            s.pull_unchecked(outs, true)
+        })
+    }
+
+    /// Turns on gradient compression; new parameters reset the residuals (R34-R36).
+    pub fn set_gradient_compression(&mut self, compression: Compression) -> Result<()> {
+        if !self.kind.allows_compression() {
+            return Err(Error::CompressionNotSupported {
+                kind: self.kind.name().into(),
+            });
+        }
+        if self.compression != Some(compression) {
+            self.residuals.clear();
+        }
+        self.compression = Some(compression);
+        Ok(())
+    }
+
+    /// Installs an optimizer as the updater, with fresh states (R23).
+    pub fn set_optimizer(&mut self, optimizer: Optimizer) -> Result<()> {
+        self.updater = Some(UpdaterSlot::Optimizer(OptimizerUpdater::new(optimizer)?));
+        Ok(())
+    }
+
+    /// Installs a custom updater (R19).
+    pub fn set_updater(&mut self, updater: Box<dyn Updater>) {
+        self.updater = Some(UpdaterSlot::Custom(updater));
+    }
+
+    /// The optimizer states (and the optimizer when `dump_optimizer`) as bytes (R25).
+    pub fn save_optimizer_states(&self, dump_optimizer: bool) -> Result<Vec<u8>> {
+        match &self.updater {
+            Some(UpdaterSlot::Optimizer(o)) => o.save(dump_optimizer),
+            _ => Err(Error::NoOptimizer),
+        }
+    }
+
+    /// Restores states saved by [`LocalStore::save_optimizer_states`] (R26).
+    pub fn load_optimizer_states(&mut self, bytes: &[u8]) -> Result<()> {
+        match &mut self.updater {
+            Some(UpdaterSlot::Optimizer(o)) => {
+                let mut next = o.clone();
+                next.load(bytes)?;
+                *o = next;
+                Ok(())
+            }
+            _ => Err(Error::NoOptimizer),
+        }
+    }
+}
+
+/// An updater may change values, never a key's shape or dtype (R22).
+fn check_updated(key: &Key, before: &Value, after: &Value) -> Result<()> {
+    if before.shape() != after.shape() || before.dtype() != after.dtype() {
+        return Err(Error::Updater {
+            key: key.clone(),
+            message: format!(
+                "the updater changed the stored value from {:?} {} to {:?} {}",
+                before.shape(),
+                before.dtype(),
+                after.shape(),
+                after.dtype()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A value as row_sparse listing every row (R26, decision 19).
+fn all_rows(stored: &Value) -> Result<RowSparse> {
+    match stored {
+        Value::RowSparse(r) => Ok(r.clone()),
+        Value::Dense(t) => {
+            let rows = t.shape().first().copied().unwrap_or(0);
+            let ids: Vec<i64> = (0..rows as i64).collect();
+            RowSparse::new(t.shape().to_vec(), ids, t.data().clone())
+        }
+    }
+}

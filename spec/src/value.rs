@@ -1,0 +1,538 @@
+//! Values: dense tensors and row_sparse tensors, each with a dtype and a device.
+//!
+//! Equality of data is **bitwise** (`-0.0 != 0.0`, a NaN equals the same NaN): that is the
+//! equality the equivalence suites use, so `==` means "bit-exact".
+
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Element types a value can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DType {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// IEEE binary64.
+    F64,
+}
+
+impl DType {
+    /// Rounds an exact value to this dtype and back, the way the value would be stored.
+    ///
+    /// Half types round through f32 first, as MXNet's CPU kernels compute half arithmetic in
+    /// float and round the result (SPEC R33). For sums and products of two values of the dtype
+    /// this double rounding equals a single correct rounding.
+    pub fn round(self, x: f64) -> f64 {
+        match self {
+            DType::F64 => x,
+            DType::F32 => f64::from(x as f32),
+            DType::F16 => f64::from(f16::from_f32(x as f32)),
+            DType::BF16 => f64::from(bf16::from_f32(x as f32)),
+        }
+    }
+
+    /// The MXNet name of the dtype.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            DType::F64 => "float64",
+        }
+    }
+
+    /// Parses an MXNet dtype name.
+    pub fn from_name(name: &str) -> Option<DType> {
+        [DType::F32, DType::F16, DType::BF16, DType::F64]
+            .into_iter()
+            .find(|d| d.name() == name)
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a value lives. In the specification a device is only a label: it decides residual
+/// slots and reduction order, never numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Device {
+    /// Host memory, with an index as MXNet's `cpu(i)`.
+    Cpu(u32),
+    /// A GPU.
+    Gpu(u32),
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device::Cpu(0)
+    }
+}
+
+impl Device {
+    /// Parses `cpu(3)` or `gpu(0)`.
+    pub fn parse(s: &str) -> Option<Device> {
+        let (kind, rest) = s.trim().split_once('(')?;
+        let index: u32 = rest.strip_suffix(')')?.trim().parse().ok()?;
+        match kind.trim() {
+            "cpu" => Some(Device::Cpu(index)),
+            "gpu" => Some(Device::Gpu(index)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu(i) => write!(f, "cpu({i})"),
+            Device::Gpu(i) => write!(f, "gpu({i})"),
+        }
+    }
+}
+
+/// Dense or row_sparse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StorageType {
+    /// Every element stored.
+    Dense,
+    /// Only listed rows stored; the others read as zero.
+    RowSparse,
+}
+
+impl fmt::Display for StorageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageType::Dense => "dense",
+            StorageType::RowSparse => "row_sparse",
+        })
+    }
+}
+
+/// Elements of one dtype, row-major.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Data {
+    /// float32 elements.
+    F32(Vec<f32>),
+    /// float16 elements.
+    F16(Vec<f16>),
+    /// bfloat16 elements.
+    BF16(Vec<bf16>),
+    /// float64 elements.
+    F64(Vec<f64>),
+}
+
+impl PartialEq for Data {
+    /// Bitwise equality.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Data::F32(a), Data::F32(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
+            (Data::F16(a), Data::F16(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
+            (Data::BF16(a), Data::BF16(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
+            (Data::F64(a), Data::F64(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
+            _ => false,
+        }
+    }
+}
+
+impl Data {
+    /// `n` zeros of the dtype.
+    pub fn zeros(dtype: DType, n: usize) -> Data {
+        Data::from_f64(dtype, &vec![0.0; n])
+    }
+
+    /// Rounds each exact value to the dtype.
+    pub fn from_f64(dtype: DType, xs: &[f64]) -> Data {
+        match dtype {
+            DType::F32 => Data::F32(xs.iter().map(|&x| x as f32).collect()),
+            DType::F16 => Data::F16(xs.iter().map(|&x| f16::from_f32(x as f32)).collect()),
+            DType::BF16 => Data::BF16(xs.iter().map(|&x| bf16::from_f32(x as f32)).collect()),
+            DType::F64 => Data::F64(xs.to_vec()),
+        }
+    }
+
+    /// Every element, exactly, as f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self {
+            Data::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Data::F16(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Data::BF16(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Data::F64(v) => v.clone(),
+        }
+    }
+
+    /// Every element converted to f32 (exact for f32, f16 and bf16; rounded for f64).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Data::F32(v) => v.clone(),
+            other => other.to_f64().into_iter().map(|x| x as f32).collect(),
+        }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::F16(_) => DType::F16,
+            Data::BF16(_) => DType::BF16,
+            Data::F64(_) => DType::F64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::F16(v) => v.len(),
+            Data::BF16(v) => v.len(),
+            Data::F64(v) => v.len(),
+        }
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The same elements converted to `dtype` with MXNet's CPU casting rule (SPEC R33).
+    pub fn cast(&self, dtype: DType) -> Data {
+        if self.dtype() == dtype {
+            return self.clone();
+        }
+        Data::from_f64(dtype, &self.to_f64())
+    }
+}
+
+impl From<Vec<f32>> for Data {
+    fn from(v: Vec<f32>) -> Self {
+        Data::F32(v)
+    }
+}
+impl From<Vec<f64>> for Data {
+    fn from(v: Vec<f64>) -> Self {
+        Data::F64(v)
+    }
+}
+impl From<Vec<f16>> for Data {
+    fn from(v: Vec<f16>) -> Self {
+        Data::F16(v)
+    }
+}
+impl From<Vec<bf16>> for Data {
+    fn from(v: Vec<bf16>) -> Self {
+        Data::BF16(v)
+    }
+}
+
+/// Number of elements of a shape, or a typed error when it overflows.
+pub fn numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::InvalidShape {
+            shape: shape.to_vec(),
+            reason: "element count overflows".into(),
+        })
+}
+
+/// A dense tensor: a shape, row-major data and a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: Data,
+    device: Device,
+}
+
+impl Tensor {
+    /// A tensor on `cpu(0)`; the data length must equal the shape's element count.
+    ///
+    /// ```
+    /// use kvstore_spec::Tensor;
+    /// let t = Tensor::new([2, 2], vec![1.0f32, 2.0, 3.0, 4.0])?;
+    /// assert_eq!(t.shape(), &[2, 2]);
+    /// # Ok::<(), kvstore_spec::Error>(())
+    /// ```
+    pub fn new(shape: impl Into<Vec<usize>>, data: impl Into<Data>) -> Result<Tensor> {
+        let shape = shape.into();
+        let data = data.into();
+        let expected = numel(&shape)?;
+        if data.len() != expected {
+            return Err(Error::DataLength {
+                shape,
+                expected,
+                found: data.len(),
+            });
+        }
+        Ok(Tensor {
+            shape,
+            data,
+            device: Device::default(),
+        })
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: impl Into<Vec<usize>>, dtype: DType) -> Result<Tensor> {
+        Tensor::full(shape, dtype, 0.0)
+    }
+
+    /// A tensor with every element `value` (rounded to `dtype`).
+    pub fn full(shape: impl Into<Vec<usize>>, dtype: DType, value: f64) -> Result<Tensor> {
+        let shape = shape.into();
+        let n = numel(&shape)?;
+        Tensor::new(shape, Data::from_f64(dtype, &vec![value; n]))
+    }
+
+    /// The same tensor placed on `device`.
+    pub fn on(mut self, device: Device) -> Tensor {
+        self.device = device;
+        self
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The elements, row-major.
+    pub fn data(&self) -> &Data {
+        &self.data
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
+    /// The elements as f32 (see [`Data::to_f32`]).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data.to_f32()
+    }
+
+    /// The same values in another dtype (SPEC R33).
+    pub fn cast(&self, dtype: DType) -> Tensor {
+        Tensor {
+            shape: self.shape.clone(),
+            data: self.data.cast(dtype),
+            device: self.device,
+        }
+    }
+}
+
+/// A row_sparse tensor: listed rows (ids strictly increasing, each below `shape[0]`) and their data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowSparse {
+    shape: Vec<usize>,
+    ids: Vec<i64>,
+    data: Data,
+    device: Device,
+}
+
+impl RowSparse {
+    /// A row_sparse tensor on `cpu(0)`.
+    ///
+    /// ```
+    /// use kvstore_spec::RowSparse;
+    /// let r = RowSparse::new([4, 2], vec![1, 3], vec![1.0f32, 1.0, 3.0, 3.0])?;
+    /// assert_eq!(r.ids(), &[1, 3]);
+    /// # Ok::<(), kvstore_spec::Error>(())
+    /// ```
+    pub fn new(shape: impl Into<Vec<usize>>, ids: Vec<i64>, data: impl Into<Data>) -> Result<RowSparse> {
+        let shape = shape.into();
+        let data = data.into();
+        let invalid = |reason: String| Error::InvalidRowSparse {
+            shape: shape.clone(),
+            reason,
+        };
+        let Some((&rows, row_shape)) = shape.split_first() else {
+            return Err(invalid("a row_sparse value needs at least one dimension".into()));
+        };
+        numel(&shape)?;
+        if let Some(w) = ids.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(invalid(format!("row ids must be strictly increasing, found {} then {}", w[0], w[1])));
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id < 0 || id as u64 >= rows as u64) {
+            return Err(invalid(format!("row id {id} is out of range for {rows} rows")));
+        }
+        let expected = ids.len() * numel(row_shape)?;
+        if data.len() != expected {
+            return Err(invalid(format!(
+                "{} rows of {} elements need {expected} elements, got {}",
+                ids.len(),
+                numel(row_shape)?,
+                data.len()
+            )));
+        }
+        Ok(RowSparse {
+            shape,
+            ids,
+            data,
+            device: Device::default(),
+        })
+    }
+
+    /// A row_sparse tensor with no rows: an empty output placeholder.
+    pub fn empty(shape: impl Into<Vec<usize>>, dtype: DType) -> Result<RowSparse> {
+        RowSparse::new(shape, Vec::new(), Data::zeros(dtype, 0))
+    }
+
+    /// The same tensor placed on `device`.
+    pub fn on(mut self, device: Device) -> RowSparse {
+        self.device = device;
+        self
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The listed row ids, strictly increasing.
+    pub fn ids(&self) -> &[i64] {
+        &self.ids
+    }
+
+    /// The listed rows' elements, row after row.
+    pub fn data(&self) -> &Data {
+        &self.data
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
+    /// Number of rows of the full tensor (`shape[0]`).
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+
+    /// Number of elements in one row.
+    pub fn row_len(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+
+    /// The dense equivalent: listed rows in place, zeros elsewhere.
+    pub fn to_dense(&self) -> Tensor {
+        let row_len = self.row_len();
+        let mut out = vec![0.0; self.rows() * row_len];
+        let rows = self.data.to_f64();
+        for (k, &id) in self.ids.iter().enumerate() {
+            let dst = id as usize * row_len;
+            out[dst..dst + row_len].copy_from_slice(&rows[k * row_len..(k + 1) * row_len]);
+        }
+        Tensor {
+            shape: self.shape.clone(),
+            data: Data::from_f64(self.dtype(), &out),
+            device: self.device,
+        }
+    }
+
+    /// The same values in another dtype (SPEC R33).
+    pub fn cast(&self, dtype: DType) -> RowSparse {
+        RowSparse {
+            data: self.data.cast(dtype),
+            ..self.clone()
+        }
+    }
+}
+
+/// A value a key can hold or a call can carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// A dense tensor.
+    Dense(Tensor),
+    /// A row_sparse tensor.
+    RowSparse(RowSparse),
+}
+
+impl Value {
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Value::Dense(t) => t.shape(),
+            Value::RowSparse(r) => r.shape(),
+        }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Value::Dense(t) => t.dtype(),
+            Value::RowSparse(r) => r.dtype(),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        match self {
+            Value::Dense(t) => t.device(),
+            Value::RowSparse(r) => r.device(),
+        }
+    }
+
+    /// Dense or row_sparse.
+    pub fn stype(&self) -> StorageType {
+        match self {
+            Value::Dense(_) => StorageType::Dense,
+            Value::RowSparse(_) => StorageType::RowSparse,
+        }
+    }
+
+    /// The same value placed on `device`.
+    pub fn on(self, device: Device) -> Value {
+        match self {
+            Value::Dense(t) => Value::Dense(t.on(device)),
+            Value::RowSparse(r) => Value::RowSparse(r.on(device)),
+        }
+    }
+
+    /// The same values in another dtype (SPEC R33).
+    pub fn cast(&self, dtype: DType) -> Value {
+        match self {
+            Value::Dense(t) => Value::Dense(t.cast(dtype)),
+            Value::RowSparse(r) => Value::RowSparse(r.cast(dtype)),
+        }
+    }
+
+    /// The dense equivalent.
+    pub fn to_dense(&self) -> Tensor {
+        match self {
+            Value::Dense(t) => t.clone(),
+            Value::RowSparse(r) => r.to_dense(),
+        }
+    }
+
+    /// Every element of the dense equivalent as f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.to_dense().to_f32()
+    }
+}
+
+impl From<Tensor> for Value {
+    fn from(t: Tensor) -> Self {
+        Value::Dense(t)
+    }
+}
+
+impl From<RowSparse> for Value {
+    fn from(r: RowSparse) -> Self {
+        Value::RowSparse(r)
+    }
+}
