@@ -1,4 +1,4 @@
-//! Optimizers installed by `set_optimizer`, and their saved states (R23-R26).
+//! Optimizers installed by `set_optimizer`, and their saved states (R45-R47).
 
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -44,7 +44,7 @@ impl Default for Sgd {
 }
 
 impl Optimizer {
-    /// Checks the parameters: every number finite, a clip bound non-negative (R23).
+    /// Checks the parameters: every number finite, a clip bound non-negative (R45).
     pub fn validate(&self) -> Result<()> {
         let Optimizer::Sgd(p) = self;
         let numbers = [p.learning_rate, p.momentum, p.wd, p.rescale_grad];
@@ -104,7 +104,7 @@ impl OptimizerUpdater {
         &self.states
     }
 
-    /// The states, and the optimizer too when `dump_optimizer` (R25).
+    /// The states, and the optimizer too when `dump_optimizer` (R47).
     pub fn save(&self, dump_optimizer: bool) -> Result<Vec<u8>> {
         let saved = SavedStates {
             format: FORMAT.into(),
@@ -115,7 +115,7 @@ impl OptimizerUpdater {
         serde_json::to_vec(&saved).map_err(|e| Error::InvalidState { reason: e.to_string() })
     }
 
-    /// Replaces the states, and the optimizer when the saved bytes carry one (R26).
+    /// Replaces the states, and the optimizer when the saved bytes carry one (R47).
     pub fn load(&mut self, bytes: &[u8]) -> Result<()> {
         let saved: SavedStates =
             serde_json::from_slice(bytes).map_err(|e| Error::InvalidState { reason: e.to_string() })?;
@@ -162,7 +162,7 @@ impl Updater for OptimizerUpdater {
     }
 }
 
-/// One SGD step (R24). Arithmetic runs in f64 for f64 weights and in f32 otherwise, each
+/// One SGD step (R46). Arithmetic runs in f64 for f64 weights and in f32 otherwise, each
 /// operation rounded; only the rows a row_sparse gradient lists are touched (lazy update).
 fn sgd_step(p: &Sgd, weight: &Tensor, momentum: Option<&Tensor>, grad: &Value) -> (Tensor, Option<Tensor>) {
     let dtype = weight.dtype();

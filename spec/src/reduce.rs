@@ -1,4 +1,4 @@
-//! Merging the values of one key: an elementwise sum in list order (R14).
+//! Merging the values of one key: an elementwise sum in list order (R17).
 //!
 //! Each element's sum starts from the first value that holds it and adds the others in list
 //! order, each addition rounded to the key's dtype. Starting from the first contributor rather

@@ -1,11 +1,11 @@
-//! Row retention for `row_sparse_pull` (R27-R31).
+//! Row retention for `row_sparse_pull` (R31-R32).
 
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::value::{DType, Data, RowSparse, Value};
 
 /// Checks every requested id against the key's row count and returns them sorted, without
-/// duplicates (R28, R29).
+/// duplicates (R31, R32).
 pub fn normalize_row_ids(key: &Key, ids: &[i64], rows: usize) -> Result<Vec<i64>> {
     if let Some(&id) = ids.iter().find(|&&id| id < 0 || id as u64 >= rows as u64) {
         return Err(Error::RowIdOutOfRange {
@@ -21,7 +21,7 @@ pub fn normalize_row_ids(key: &Key, ids: &[i64], rows: usize) -> Result<Vec<i64>
 }
 
 /// The rows `ids` (sorted, unique, in range) of `stored`, as a row_sparse value in `dtype` that
-/// lists exactly `ids`; rows the stored value does not hold are zeros (R30).
+/// lists exactly `ids`; rows the stored value does not hold are zeros (R31).
 pub fn retain(stored: &Value, ids: &[i64], dtype: DType) -> Result<RowSparse> {
     let dense = stored.to_dense();
     let row_len: usize = stored.shape().iter().skip(1).product();

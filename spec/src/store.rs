@@ -1,7 +1,7 @@
 //! The single-process store (`local`, `device`, `nccl` and every other non-dist name).
 //!
 //! Every operation takes normalised `(key, value)` pairs and runs as a transaction on a copy of
-//! the store that is kept only when the whole call succeeds (R5: a failing call changes nothing).
+//! the store that is kept only when the whole call succeeds (R7: a failing call changes nothing).
 
 use crate::codec::Compression;
 use crate::error::{Error, Result};
@@ -9,28 +9,21 @@ use crate::key::{Key, KeyType};
 use crate::kind::{Kind, StoreClass};
 use crate::optimizer::{Optimizer, OptimizerUpdater};
 use crate::reduce;
-use crate::sparse;
-use crate::updater::Updater;
-use crate::value::{DType, Device, RowSparse, StorageType, Tensor, Value};
+use crate::transfer;
+use crate::updater::{Updater, UpdaterSlot};
+use crate::value::{DType, Device, StorageType, Value};
 use std::collections::BTreeMap;
 
 /// A key's stored value and its place in the key order.
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
     value: Value,
-    /// Position in init order; orders string keys (R12).
+    /// Position in init order; orders string keys (R16).
     seq: i64,
 }
 
-/// The updater a push applies, if any.
-#[derive(Debug, Clone)]
-enum UpdaterSlot {
-    Optimizer(OptimizerUpdater),
-    Custom(Box<dyn Updater>),
-}
-
 /// A compression residual belongs to a key, a device and that device's occurrence in the
-/// pushed list (R38).
+/// pushed list (R42).
 pub type ResidualSlot = (Key, Device, usize);
 
 /// The executable specification of a single-process store.
@@ -54,7 +47,7 @@ pub struct LocalStore {
     updater: Option<UpdaterSlot>,
     compression: Option<Compression>,
     residuals: BTreeMap<ResidualSlot, Vec<f32>>,
-    /// NCCL reduces over one device set, fixed by the first multi-device push (R17).
+    /// NCCL reduces over one device set, fixed by the first multi-device push (R23).
     nccl_devices: Option<Vec<Device>>,
 }
 
@@ -121,7 +114,7 @@ impl LocalStore {
         }
     }
 
-    /// Runs `op` on a copy and keeps the copy only if `op` succeeds (R5).
+    /// Runs `op` on a copy and keeps the copy only if `op` succeeds (R7).
     fn transact<T>(&mut self, op: impl FnOnce(&mut LocalStore) -> Result<T>) -> Result<T> {
         let mut next = self.clone();
         let out = op(&mut next)?;
@@ -164,15 +157,7 @@ impl LocalStore {
     }
 
     fn check_shape(&self, key: &Key, value: &Value) -> Result<()> {
-        let expected = self.entry(key)?.value.shape();
-        if expected != value.shape() {
-            return Err(Error::ShapeMismatch {
-                key: key.clone(),
-                expected: expected.to_vec(),
-                found: value.shape().to_vec(),
-            });
-        }
-        Ok(())
+        transfer::check_shape(key, self.entry(key)?.value.shape(), value)
     }
 
     fn check_dense_only(&self, key: &Key, value: &Value) -> Result<()> {
@@ -186,7 +171,7 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Stores a copy of each value; every key must be new, also within the call (R10, R11).
+    /// Stores a copy of each value; every key must be new, also within the call (R12, R13).
     pub fn init(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
         self.transact(|s| s.init_unchecked(pairs))
     }
@@ -208,7 +193,7 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Groups values by key in key order, each group's values in call order (R12, R13).
+    /// Groups values by key in key order, each group's values in call order (R15, R16).
     fn group<'a>(&self, pairs: &'a [(Key, Value)]) -> Result<Vec<(Key, Vec<&'a Value>)>> {
         let mut groups: BTreeMap<&Key, Vec<&Value>> = BTreeMap::new();
         for (key, value) in pairs {
@@ -226,7 +211,7 @@ impl LocalStore {
         Ok(ordered.into_iter().map(|(_, k, v)| (k, v)).collect())
     }
 
-    /// Merges each key's values and stores the sum, or hands it to the updater (R12-R22).
+    /// Merges each key's values and stores the sum, or hands it to the updater (R15-R22).
     pub fn push(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
         self.transact(|s| s.push_unchecked(pairs))
     }
@@ -240,7 +225,7 @@ impl LocalStore {
         Ok(())
     }
 
-    /// The sum of one key's pushed values in the key's dtype, compressed first when set (R14).
+    /// The sum of one key's pushed values in the key's dtype, compressed first when set (R17, R42).
     fn merge(&mut self, key: &Key, values: &[&Value]) -> Result<Value> {
         let dtype = self.entry(key)?.value.dtype();
         for value in values {
@@ -275,50 +260,26 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Quantises each value with its residual slot and returns what the receiver decodes (R37-R39).
+    /// Quantises each value with its residual slot and returns what the receiver decodes (R42, R43).
     fn compress_all(&mut self, c: Compression, key: &Key, dtype: DType, values: &[&Value]) -> Result<Vec<Value>> {
         let mut seen: BTreeMap<Device, usize> = BTreeMap::new();
         let mut decoded = Vec::with_capacity(values.len());
         for value in values {
-            let grad = match value {
-                Value::Dense(t) if t.dtype() == DType::F32 && dtype == DType::F32 => t.to_f32(),
-                other => {
-                    return Err(Error::CompressionUnsupportedValue {
-                        key: key.clone(),
-                        stype: other.stype(),
-                        dtype: if other.dtype() == DType::F32 { dtype } else { other.dtype() },
-                    })
-                }
-            };
             let occurrence = seen.entry(value.device()).or_insert(0);
             let slot = (key.clone(), value.device(), *occurrence);
             *occurrence += 1;
-            let residual = self.residuals.entry(slot).or_insert_with(|| vec![0.0; grad.len()]);
-            let words = c.quantize(&grad, residual)?;
-            let tensor = Tensor::new(value.shape().to_vec(), c.dequantize(&words, grad.len())?)?;
-            decoded.push(Value::Dense(tensor.on(value.device())));
+            let residual = self.residuals.entry(slot).or_default();
+            decoded.push(transfer::compress(c, key, dtype, value, residual)?);
         }
         Ok(decoded)
     }
 
-    /// Replaces the stored value with the merged one, or runs the updater on it (R18, R19, R22).
+    /// Replaces the stored value with the merged one, or runs the updater on it (R19, R21, R22).
     fn apply(&mut self, key: &Key, merged: Value) -> Result<()> {
         let stored = self.entry(key)?.value.clone();
         let next = match &mut self.updater {
             None => merged.on(stored.device()),
-            Some(slot) => {
-                let mut next = stored.clone();
-                let updater: &mut dyn Updater = match slot {
-                    UpdaterSlot::Optimizer(o) => o,
-                    UpdaterSlot::Custom(u) => u.as_mut(),
-                };
-                updater.update(key, &merged, &mut next).map_err(|e| Error::Updater {
-                    key: key.clone(),
-                    message: e.0,
-                })?;
-                check_updated(key, &stored, &next)?;
-                next
-            }
+            Some(slot) => slot.apply(key, &merged, &stored)?,
         };
         if let Some(entry) = self.entries.get_mut(key) {
             entry.value = next;
@@ -326,7 +287,7 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Copies each key's value into its outputs (R23-R26 of pull: broadcast, cast, sparse skip).
+    /// Copies each key's value into its outputs (R25-R28).
     ///
     /// `outs` holds each output's current content; the result is each output's new content, in
     /// the same order.
@@ -343,17 +304,10 @@ impl LocalStore {
     }
 
     fn pull_one(&self, key: &Key, out: &Value, ignore_sparse: bool) -> Result<Value> {
-        self.check_shape(key, out)?;
-        let stored = &self.entry(key)?.value;
-        Ok(match out {
-            Value::Dense(_) => Value::Dense(stored.to_dense().cast(out.dtype())),
-            Value::RowSparse(_) if ignore_sparse => return Ok(out.clone()),
-            Value::RowSparse(_) => Value::RowSparse(all_rows(stored)?.cast(out.dtype())),
-        }
-        .on(out.device()))
+        transfer::pull_output(key, &self.entry(key)?.value, out, ignore_sparse)
     }
 
-    /// Fills row_sparse outputs with the requested rows (R27-R31).
+    /// Fills row_sparse outputs with the requested rows (R30-R33).
     ///
     /// One `row_ids` list serves every output; otherwise there is one list per output.
     pub fn row_sparse_pull(&mut self, outs: &[(Key, Value)], row_ids: &[Vec<i64>]) -> Result<Vec<Value>> {
@@ -382,21 +336,10 @@ impl LocalStore {
     }
 
     fn retain_one(&self, key: &Key, out: &Value, ids: &[i64]) -> Result<Value> {
-        let stored = &self.entry(key)?.value;
-        if out.stype() != StorageType::RowSparse {
-            return Err(Error::StorageTypeMismatch {
-                key: key.clone(),
-                expected: StorageType::RowSparse,
-                found: out.stype(),
-            });
-        }
-        self.check_shape(key, out)?;
-        let rows = stored.shape().first().copied().unwrap_or(0);
-        let ids = sparse::normalize_row_ids(key, ids, rows)?;
-        Ok(Value::RowSparse(sparse::retain(stored, &ids, out.dtype())?.on(out.device())))
+        transfer::row_sparse_output(key, &self.entry(key)?.value, out, ids)
     }
 
-    /// `push` then `pull` into `outs`, as one call (R32).
+    /// `push` then `pull` into `outs`, as one call (R34).
     pub fn pushpull(&mut self, pairs: &[(Key, Value)], outs: &[(Key, Value)]) -> Result<Vec<Value>> {
         self.transact(|s| {
             s.push_unchecked(pairs)?;
@@ -404,7 +347,7 @@ impl LocalStore {
         })
     }
 
-    /// `init` then `pull` into `outs`, as one call (R32).
+    /// `init` then `pull` into `outs`, as one call (R34).
     pub fn broadcast(&mut self, pairs: &[(Key, Value)], outs: &[(Key, Value)]) -> Result<Vec<Value>> {
         self.transact(|s| {
             s.init_unchecked(pairs)?;
@@ -412,7 +355,7 @@ impl LocalStore {
         })
     }
 
-    /// Turns on gradient compression; new parameters reset the residuals (R34-R36).
+    /// Turns on gradient compression; new parameters reset the residuals (R3, R44).
     pub fn set_gradient_compression(&mut self, compression: Compression) -> Result<()> {
         if !self.kind.allows_compression() {
             return Err(Error::CompressionNotSupported {
@@ -426,18 +369,18 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Installs an optimizer as the updater, with fresh states (R23).
+    /// Installs an optimizer as the updater, with fresh states (R45).
     pub fn set_optimizer(&mut self, optimizer: Optimizer) -> Result<()> {
         self.updater = Some(UpdaterSlot::Optimizer(OptimizerUpdater::new(optimizer)?));
         Ok(())
     }
 
-    /// Installs a custom updater (R19).
+    /// Installs a custom updater (R21).
     pub fn set_updater(&mut self, updater: Box<dyn Updater>) {
         self.updater = Some(UpdaterSlot::Custom(updater));
     }
 
-    /// The optimizer states (and the optimizer when `dump_optimizer`) as bytes (R25).
+    /// The optimizer states (and the optimizer when `dump_optimizer`) as bytes (R47).
     pub fn save_optimizer_states(&self, dump_optimizer: bool) -> Result<Vec<u8>> {
         match &self.updater {
             Some(UpdaterSlot::Optimizer(o)) => o.save(dump_optimizer),
@@ -445,7 +388,7 @@ impl LocalStore {
         }
     }
 
-    /// Restores states saved by [`LocalStore::save_optimizer_states`] (R26).
+    /// Restores states saved by [`LocalStore::save_optimizer_states`] (R47).
     pub fn load_optimizer_states(&mut self, bytes: &[u8]) -> Result<()> {
         match &mut self.updater {
             Some(UpdaterSlot::Optimizer(o)) => {
@@ -459,31 +402,3 @@ impl LocalStore {
     }
 }
 
-/// An updater may change values, never a key's shape or dtype (R22).
-fn check_updated(key: &Key, before: &Value, after: &Value) -> Result<()> {
-    if before.shape() != after.shape() || before.dtype() != after.dtype() {
-        return Err(Error::Updater {
-            key: key.clone(),
-            message: format!(
-                "the updater changed the stored value from {:?} {} to {:?} {}",
-                before.shape(),
-                before.dtype(),
-                after.shape(),
-                after.dtype()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// A value as row_sparse listing every row (R26, decision 19).
-fn all_rows(stored: &Value) -> Result<RowSparse> {
-    match stored {
-        Value::RowSparse(r) => Ok(r.clone()),
-        Value::Dense(t) => {
-            let rows = t.shape().first().copied().unwrap_or(0);
-            let ids: Vec<i64> = (0..rows as i64).collect();
-            RowSparse::new(t.shape().to_vec(), ids, t.data().clone())
-        }
-    }
-}

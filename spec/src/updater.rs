@@ -1,6 +1,8 @@
-//! Updaters: what a push does to the stored value when one is set (R19-R22).
+//! Updaters: what a push does to the stored value when one is set (R21, R22).
 
+use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::optimizer::OptimizerUpdater;
 use crate::value::Value;
 use std::fmt;
 
@@ -30,7 +32,7 @@ impl From<String> for UpdateError {
 
 /// Applies a merged gradient to a key's stored value, in place.
 ///
-/// Called once per distinct key of a push, in key order (R19). The store hands the updater a
+/// Called once per distinct key of a push, in key order (R16). The store hands the updater a
 /// copy of the stored value and keeps it only when the whole push succeeds; it also clones the
 /// updater before the push and restores the clone when the push fails, so an updater's own
 /// state rolls back with the store (R22).
@@ -79,5 +81,45 @@ impl Clone for Box<dyn Updater> {
 impl fmt::Debug for dyn Updater {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<updater>")
+    }
+}
+
+/// The updater a store applies: an optimizer from `set_optimizer`, or a custom one.
+#[derive(Debug, Clone)]
+pub enum UpdaterSlot {
+    /// Installed by `set_optimizer`; its states can be saved and loaded.
+    Optimizer(OptimizerUpdater),
+    /// Installed by `set_updater`.
+    Custom(Box<dyn Updater>),
+}
+
+impl UpdaterSlot {
+    /// The stored value after updating a copy of `stored` with `merged` (R21, R22).
+    ///
+    /// On error the updater's state may have moved; callers run this inside a transaction that
+    /// discards the whole store copy, updater included.
+    pub fn apply(&mut self, key: &Key, merged: &Value, stored: &Value) -> Result<Value> {
+        let updater: &mut dyn Updater = match self {
+            UpdaterSlot::Optimizer(o) => o,
+            UpdaterSlot::Custom(u) => u.as_mut(),
+        };
+        let mut next = stored.clone();
+        updater.update(key, merged, &mut next).map_err(|e| Error::Updater {
+            key: key.clone(),
+            message: e.0,
+        })?;
+        if stored.shape() != next.shape() || stored.dtype() != next.dtype() {
+            return Err(Error::Updater {
+                key: key.clone(),
+                message: format!(
+                    "the updater changed the stored value from {:?} {} to {:?} {}",
+                    stored.shape(),
+                    stored.dtype(),
+                    next.shape(),
+                    next.dtype()
+                ),
+            });
+        }
+        Ok(next)
     }
 }

@@ -25,7 +25,7 @@ impl DType {
     /// Rounds an exact value to this dtype and back, the way the value would be stored.
     ///
     /// Half types round through f32 first, as MXNet's CPU kernels compute half arithmetic in
-    /// float and round the result (SPEC R33). For sums and products of two values of the dtype
+    /// float and round the result (R36). For sums and products of two values of the dtype
     /// this double rounding equals a single correct rounding.
     pub fn round(self, x: f64) -> f64 {
         match self {
@@ -201,7 +201,7 @@ impl Data {
         self.len() == 0
     }
 
-    /// The same elements converted to `dtype` with MXNet's CPU casting rule (SPEC R33).
+    /// The same elements converted to `dtype` with MXNet's CPU casting rule (R36).
     pub fn cast(&self, dtype: DType) -> Data {
         if self.dtype() == dtype {
             return self.clone();
@@ -320,7 +320,7 @@ impl Tensor {
         self.data.to_f32()
     }
 
-    /// The same values in another dtype (SPEC R33).
+    /// The same values in another dtype (R36).
     pub fn cast(&self, dtype: DType) -> Tensor {
         Tensor {
             shape: self.shape.clone(),
@@ -444,7 +444,7 @@ impl RowSparse {
         }
     }
 
-    /// The same values in another dtype (SPEC R33).
+    /// The same values in another dtype (R36).
     pub fn cast(&self, dtype: DType) -> RowSparse {
         RowSparse {
             data: self.data.cast(dtype),
@@ -503,7 +503,7 @@ impl Value {
         }
     }
 
-    /// The same values in another dtype (SPEC R33).
+    /// The same values in another dtype (R36).
     pub fn cast(&self, dtype: DType) -> Value {
         match self {
             Value::Dense(t) => Value::Dense(t.cast(dtype)),
