@@ -1,10 +1,10 @@
-//! The byte-exact gradient compression codec (SPEC rules R40-R44; semantics §7.3 and §7.4).
+//! The byte-exact gradient compression codec (SPEC rules R37-R41; semantics §7.3 and §7.4).
 //!
-//! - R40: 2bit quantisation with error feedback (semantics §7.3).
-//! - R41: 2bit packing, 16 elements per little-endian u32 word (semantics §7.3).
-//! - R42: 1bit quantisation with error feedback (semantics §7.4).
-//! - R43: 1bit packing, 32 elements per little-endian u32 word (semantics §7.4).
-//! - R44: parameter validation (semantics §7.1, with the kvstore decision that a threshold must be
+//! - R38: 2bit quantisation with error feedback (semantics §7.3).
+//! - R39: 2bit packing, 16 elements per little-endian u32 word (semantics §7.3).
+//! - R40: 1bit quantisation with error feedback (semantics §7.4).
+//! - R41: 1bit packing, 32 elements per little-endian u32 word (semantics §7.4).
+//! - R37: parameter validation (semantics §7.1, with the kvstore decision that a threshold must be
 //!   finite).
 //!
 //! All arithmetic is `f32`, exactly as MXNet performs it, because backends are compared with this
@@ -18,13 +18,13 @@ use crate::error::{Error, Result};
 /// Which quantiser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CompressionType {
-    /// 1 bit per element; every element is sent as ±1 (R42, R43).
+    /// 1 bit per element; every element is sent as ±1 (R40, R41).
     OneBit,
-    /// 2 bits per element; an element is sent as +t, -t or 0 (R40, R41).
+    /// 2 bits per element; an element is sent as +t, -t or 0 (R38, R39).
     TwoBit,
 }
 
-/// Validated compression parameters (R44).
+/// Validated compression parameters (R37).
 ///
 /// Build it with [`Compression::new`] or [`Compression::from_params`]; the fields are public only
 /// so that callers can read them.
@@ -43,7 +43,7 @@ const DEFAULT_THRESHOLD: f32 = 0.5;
 const TWO_BIT_PER_WORD: usize = 16;
 const ONE_BIT_PER_WORD: usize = 32;
 
-/// 2bit codes (R40); `01` is never produced and decodes to 0.
+/// 2bit codes (R38); `01` is never produced and decodes to 0.
 const CODE_POS: u32 = 0b11;
 const CODE_NEG: u32 = 0b10;
 const CODE_ZERO: u32 = 0b00;
@@ -53,7 +53,7 @@ fn invalid(reason: String) -> Error {
 }
 
 impl Compression {
-    /// Validates the parameters (R44).
+    /// Validates the parameters (R37).
     ///
     /// A non-finite threshold is rejected for both types (kvstore decision): MXNet would accept
     /// it, but then every comparison is meaningless. 2bit needs `threshold > 0` because the
@@ -70,7 +70,7 @@ impl Compression {
         Ok(Compression { kind, threshold })
     }
 
-    /// Parses string parameters as `set_gradient_compression` receives them (R44).
+    /// Parses string parameters as `set_gradient_compression` receives them (R37).
     ///
     /// Unknown keys are ignored because MXNet ignores them; a repeated key keeps its last value,
     /// as a Python dict would.
@@ -94,12 +94,12 @@ impl Compression {
         Compression::new(kind, threshold)
     }
 
-    /// Number of u32 words of a compressed buffer for `n` elements (R41, R43).
+    /// Number of u32 words of a compressed buffer for `n` elements (R39, R41).
     pub fn compressed_words(&self, n: usize) -> usize {
         n.div_ceil(self.per_word())
     }
 
-    /// Quantises `grad` with error feedback (R40, R42) and packs the codes (R41, R43).
+    /// Quantises `grad` with error feedback (R38, R40) and packs the codes (R39, R41).
     ///
     /// `residual` is updated in place; it must have one slot per gradient element.
     pub fn quantize(&self, grad: &[f32], residual: &mut [f32]) -> Result<Vec<u32>> {
@@ -118,7 +118,7 @@ impl Compression {
         Ok(words)
     }
 
-    /// Decodes `n` elements from packed words (R40-R43).
+    /// Decodes `n` elements from packed words (R38-R41).
     pub fn dequantize(&self, words: &[u32], n: usize) -> Result<Vec<f32>> {
         let needed = self.compressed_words(n);
         if words.len() < needed {
@@ -183,7 +183,7 @@ fn parse_threshold(text: &str) -> Result<f32> {
     })
 }
 
-/// R40: one 2bit step. Inclusive comparisons, at most one threshold step per push, so the
+/// R38: one 2bit step. Inclusive comparisons, at most one threshold step per push, so the
 /// residual keeps whatever is not sent (it can grow without bound).
 fn two_bit_code(r: &mut f32, g: f32, t: f32) -> u32 {
     *r += g;
@@ -198,7 +198,7 @@ fn two_bit_code(r: &mut f32, g: f32, t: f32) -> u32 {
     }
 }
 
-/// R40: `01` never comes out of the quantiser, but MXNet decodes it (and `00`) as 0.
+/// R38: `01` never comes out of the quantiser, but MXNet decodes it (and `00`) as 0.
 fn two_bit_value(code: u32, t: f32) -> f32 {
     match code {
         CODE_POS => t,
@@ -207,14 +207,14 @@ fn two_bit_value(code: u32, t: f32) -> f32 {
     }
 }
 
-/// R41: element `i % 16` of its word; the first element of each byte takes that byte's two most
+/// R39: element `i % 16` of its word; the first element of each byte takes that byte's two most
 /// significant bits, and byte `k` of the word is bits `8k..8k+8` because words are little-endian.
 fn two_bit_shift(i: usize) -> u32 {
     let j = (i % TWO_BIT_PER_WORD) as u32;
     8 * (j / 4) + 6 - 2 * (j % 4)
 }
 
-/// R42: one 1bit step. Strict `>`; the threshold only decides the sign, the magnitude is always
+/// R40: one 1bit step. Strict `>`; the threshold only decides the sign, the magnitude is always
 /// 1, so every element is sent and a zero gradient alternates -1, +1.
 fn one_bit_code(r: &mut f32, g: f32, t: f32) -> u32 {
     *r += g;
@@ -235,13 +235,13 @@ fn one_bit_value(bit: u32) -> f32 {
     }
 }
 
-/// R43: element `i % 32` of its word, most significant bit of its byte first.
+/// R41: element `i % 32` of its word, most significant bit of its byte first.
 fn one_bit_shift(i: usize) -> u32 {
     let j = (i % ONE_BIT_PER_WORD) as u32;
     8 * (j / 8) + 7 - (j % 8)
 }
 
-/// Little-endian byte image of the packed words (what goes on the wire, R41, R43).
+/// Little-endian byte image of the packed words (what goes on the wire, R39, R41).
 pub fn words_to_bytes(words: &[u32]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
@@ -314,10 +314,10 @@ mod tests {
         }
     }
 
-    // ---- R40: 2bit quantisation ----
+    // ---- R38: 2bit quantisation ----
 
     #[test]
-    fn r40_example_mixed_signs_then_push_0_2_everywhere() {
+    fn r38_example_mixed_signs_then_push_0_2_everywhere() {
         let c = two_bit(0.5);
         let mut r = [0.0f32; 8];
         check_push(
@@ -359,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn r40_example_sixteen_ones() {
+    fn r38_example_sixteen_ones() {
         let mut r = [0.0f32; 16];
         check_push(
             two_bit(0.5),
@@ -372,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn r40_example_sixteen_minus_ones() {
+    fn r38_example_sixteen_minus_ones() {
         let mut r = [0.0f32; 16];
         check_push(
             two_bit(0.5),
@@ -385,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn r40_example_ramp_minus_one_to_0_9() {
+    fn r38_example_ramp_minus_one_to_0_9() {
         let grad: Vec<f32> = (0..20).map(|i| (i as f32 - 10.0) / 10.0).collect();
         let literal = [
             -1.0f32, -0.9, -0.8, -0.7, -0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4,
@@ -435,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn r40_example_residual_grows_one_step_per_push() {
+    fn r38_example_residual_grows_one_step_per_push() {
         let mut r = [0.0f32];
         check_push(
             two_bit(0.5),
@@ -449,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn r40_threshold_itself_is_sent() {
+    fn r38_threshold_itself_is_sent() {
         let mut r = [0.0f32; 2];
         check_push(
             two_bit(0.25),
@@ -462,7 +462,7 @@ mod tests {
     }
 
     #[test]
-    fn r40_code_01_decodes_to_zero() {
+    fn r38_code_01_decodes_to_zero() {
         let c = two_bit(0.5);
         assert_bits_eq(&c.dequantize(&[0x40], 1).unwrap(), &[0.0]);
         // One byte holding 11, 10, 01, 00 in element order.
@@ -470,17 +470,17 @@ mod tests {
     }
 
     #[test]
-    fn r40_quantize_rejects_residual_of_other_length() {
+    fn r38_quantize_rejects_residual_of_other_length() {
         let mut r = [0.0f32; 3];
         let err = two_bit(0.5).quantize(&[1.0; 4], &mut r).unwrap_err();
         assert!(matches!(err, Error::InvalidCompression { .. }));
         assert_bits_eq(&r, &[0.0; 3]);
     }
 
-    // ---- R41: 2bit packing ----
+    // ---- R39: 2bit packing ----
 
     #[test]
-    fn r41_example_seventeen_ones() {
+    fn r39_example_seventeen_ones() {
         let mut r = [0.0f32; 17];
         check_push(
             two_bit(0.5),
@@ -493,7 +493,7 @@ mod tests {
     }
 
     #[test]
-    fn r41_example_first_element_in_top_bits() {
+    fn r39_example_first_element_in_top_bits() {
         let mut r = [0.0f32; 4];
         let deq = [0.5, 0.0, 0.0, 0.0];
         check_push(
@@ -507,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn r41_example_fourth_element_in_low_bits() {
+    fn r39_example_fourth_element_in_low_bits() {
         let mut r = [0.0f32; 4];
         let deq = [0.0, 0.0, 0.0, 0.5];
         check_push(
@@ -521,7 +521,7 @@ mod tests {
     }
 
     #[test]
-    fn r41_example_fifth_element_in_second_byte() {
+    fn r39_example_fifth_element_in_second_byte() {
         let mut r = [0.0f32; 5];
         check_push(
             two_bit(0.5),
@@ -534,7 +534,7 @@ mod tests {
     }
 
     #[test]
-    fn r41_shift_formula() {
+    fn r39_shift_formula() {
         assert_eq!(two_bit_shift(0), 6);
         assert_eq!(two_bit_shift(3), 0);
         assert_eq!(two_bit_shift(4), 14);
@@ -543,14 +543,14 @@ mod tests {
     }
 
     #[test]
-    fn r41_tail_bits_are_zero() {
+    fn r39_tail_bits_are_zero() {
         let mut r = [0.0f32; 5];
         let words = two_bit(0.5).quantize(&[1.0; 5], &mut r).unwrap();
         assert_eq!(words, [0x0000_C0FF]);
     }
 
     #[test]
-    fn r41_compressed_words_is_ceil_n_over_16() {
+    fn r39_compressed_words_is_ceil_n_over_16() {
         let c = two_bit(0.5);
         let counts: Vec<usize> = [0, 1, 16, 17, 32, 33]
             .map(|n| c.compressed_words(n))
@@ -559,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn r41_words_to_bytes_puts_first_element_in_top_bits_of_byte_0() {
+    fn r39_words_to_bytes_puts_first_element_in_top_bits_of_byte_0() {
         assert_eq!(words_to_bytes(&[0xC0]), [0xC0, 0, 0, 0]);
         assert_eq!(
             words_to_bytes(&[0x0000_E0E2, 0x0000_00FF]),
@@ -569,23 +569,23 @@ mod tests {
     }
 
     #[test]
-    fn r41_bytes_to_words_rejects_partial_word() {
+    fn r39_bytes_to_words_rejects_partial_word() {
         let err = bytes_to_words(&[1, 2, 3, 4, 5]).unwrap_err();
         assert!(matches!(err, Error::InvalidCompression { .. }));
         assert_eq!(bytes_to_words(&[]).unwrap(), Vec::<u32>::new());
     }
 
     #[test]
-    fn r41_dequantize_rejects_short_buffer() {
+    fn r39_dequantize_rejects_short_buffer() {
         let err = two_bit(0.5).dequantize(&[0], 17).unwrap_err();
         assert!(matches!(err, Error::InvalidCompression { .. }));
         assert_eq!(two_bit(0.5).dequantize(&[], 0).unwrap(), Vec::<f32>::new());
     }
 
-    // ---- R42: 1bit quantisation ----
+    // ---- R40: 1bit quantisation ----
 
     #[test]
-    fn r42_example_threshold_half() {
+    fn r40_example_threshold_half() {
         let mut r = [0.0f32; 9];
         check_push(
             one_bit(0.5),
@@ -609,7 +609,7 @@ mod tests {
     }
 
     #[test]
-    fn r42_example_threshold_zero_sequence_on_one_slot() {
+    fn r40_example_threshold_zero_sequence_on_one_slot() {
         let c = one_bit(0.0);
         let mut r = [0.0f32];
         // (gradient, word, dequantised, residual after the push)
@@ -626,7 +626,7 @@ mod tests {
     }
 
     #[test]
-    fn r42_zero_gradient_alternates() {
+    fn r40_zero_gradient_alternates() {
         let c = one_bit(0.5);
         let mut r = [0.0f32];
         for (deq, residual) in [(-1.0, 1.0), (1.0, 0.0), (-1.0, 1.0), (1.0, 0.0)] {
@@ -636,7 +636,7 @@ mod tests {
     }
 
     #[test]
-    fn r42_threshold_itself_is_not_sent_as_plus_one() {
+    fn r40_threshold_itself_is_not_sent_as_plus_one() {
         let mut r = [0.0f32];
         check_push(
             one_bit(-0.5),
@@ -648,10 +648,10 @@ mod tests {
         );
     }
 
-    // ---- R43: 1bit packing ----
+    // ---- R41: 1bit packing ----
 
     #[test]
-    fn r43_first_element_is_msb_of_byte_0() {
+    fn r41_first_element_is_msb_of_byte_0() {
         let mut grad = [-1.0f32; 32];
         grad[0] = 1.0;
         grad[8] = 1.0;
@@ -662,7 +662,7 @@ mod tests {
     }
 
     #[test]
-    fn r43_shift_formula() {
+    fn r41_shift_formula() {
         assert_eq!(one_bit_shift(0), 7);
         assert_eq!(one_bit_shift(7), 0);
         assert_eq!(one_bit_shift(8), 15);
@@ -671,13 +671,13 @@ mod tests {
     }
 
     #[test]
-    fn r43_tail_bits_are_zero() {
+    fn r41_tail_bits_are_zero() {
         let words = one_bit(0.0).quantize(&[1.0; 33], &mut [0.0; 33]).unwrap();
         assert_eq!(words, [0xFFFF_FFFF, 0x0000_0080]);
     }
 
     #[test]
-    fn r43_compressed_words_is_ceil_n_over_32() {
+    fn r41_compressed_words_is_ceil_n_over_32() {
         let c = one_bit(0.5);
         let counts: Vec<usize> = [0, 1, 32, 33, 64, 65]
             .map(|n| c.compressed_words(n))
@@ -685,10 +685,10 @@ mod tests {
         assert_eq!(counts, [0, 1, 1, 2, 2, 3]);
     }
 
-    // ---- R44: parameter validation ----
+    // ---- R37: parameter validation ----
 
     #[test]
-    fn r44_two_bit_threshold_must_be_positive() {
+    fn r37_two_bit_threshold_must_be_positive() {
         for t in [0.0f32, -0.0, -0.5] {
             let reason = invalid_reason(Compression::new(CompressionType::TwoBit, t));
             assert!(reason.contains("threshold"), "{reason}");
@@ -697,13 +697,13 @@ mod tests {
     }
 
     #[test]
-    fn r44_one_bit_accepts_zero_and_negative_thresholds() {
+    fn r37_one_bit_accepts_zero_and_negative_thresholds() {
         assert_eq!(one_bit(0.0).threshold, 0.0);
         assert_eq!(one_bit(-0.5).threshold, -0.5);
     }
 
     #[test]
-    fn r44_non_finite_threshold_rejected_for_both_types() {
+    fn r37_non_finite_threshold_rejected_for_both_types() {
         for kind in [CompressionType::OneBit, CompressionType::TwoBit] {
             for t in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                 let reason = invalid_reason(Compression::new(kind, t));
@@ -713,7 +713,7 @@ mod tests {
     }
 
     #[test]
-    fn r44_from_params_reads_type_and_threshold() {
+    fn r37_from_params_reads_type_and_threshold() {
         let c = Compression::from_params([("type", "2bit"), ("threshold", "0.25")]).unwrap();
         assert_eq!(c, two_bit(0.25));
         let c = Compression::from_params([("type", "1bit"), ("threshold", "-1")]).unwrap();
@@ -721,7 +721,7 @@ mod tests {
     }
 
     #[test]
-    fn r44_from_params_default_threshold_is_half() {
+    fn r37_from_params_default_threshold_is_half() {
         assert_eq!(
             Compression::from_params([("type", "2bit")]).unwrap(),
             two_bit(0.5)
@@ -733,25 +733,25 @@ mod tests {
     }
 
     #[test]
-    fn r44_from_params_ignores_unknown_keys() {
+    fn r37_from_params_ignores_unknown_keys() {
         let params = [("foo", "bar"), ("type", "2bit"), ("compression", "x")];
         assert_eq!(Compression::from_params(params).unwrap(), two_bit(0.5));
     }
 
     #[test]
-    fn r44_from_params_rejects_unknown_type() {
+    fn r37_from_params_rejects_unknown_type() {
         let reason = invalid_reason(Compression::from_params([("type", "3bit")]));
         assert!(reason.contains("3bit"), "{reason}");
     }
 
     #[test]
-    fn r44_from_params_requires_type() {
+    fn r37_from_params_requires_type() {
         let reason = invalid_reason(Compression::from_params([("threshold", "0.5")]));
         assert!(reason.contains("type"), "{reason}");
     }
 
     #[test]
-    fn r44_from_params_rejects_unparsable_threshold() {
+    fn r37_from_params_rejects_unparsable_threshold() {
         let reason = invalid_reason(Compression::from_params([
             ("type", "2bit"),
             ("threshold", "abc"),
@@ -760,7 +760,7 @@ mod tests {
     }
 
     #[test]
-    fn r44_from_params_rejects_bad_threshold_values() {
+    fn r37_from_params_rejects_bad_threshold_values() {
         for text in ["0", "-0.5", "nan", "inf"] {
             let reason = invalid_reason(Compression::from_params([
                 ("type", "2bit"),
@@ -870,7 +870,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn r40_prop_two_bit_error_feedback(
+        fn r38_prop_two_bit_error_feedback(
             (grad, old) in grad_and_residual(),
             t in two_bit_threshold(),
         ) {
@@ -884,7 +884,7 @@ mod tests {
         }
 
         #[test]
-        fn r42_prop_one_bit_error_feedback(
+        fn r40_prop_one_bit_error_feedback(
             (grad, old) in grad_and_residual(),
             t in one_bit_threshold(),
         ) {
@@ -897,14 +897,14 @@ mod tests {
         }
 
         #[test]
-        fn r41_prop_bytes_round_trip(words in proptest::collection::vec(any::<u32>(), 0..50)) {
+        fn r39_prop_bytes_round_trip(words in proptest::collection::vec(any::<u32>(), 0..50)) {
             let bytes = words_to_bytes(&words);
             prop_assert_eq!(bytes.len(), 4 * words.len());
             prop_assert_eq!(bytes_to_words(&bytes).unwrap(), words);
         }
 
         #[test]
-        fn r41_prop_two_bit_word_count_and_zero_tail(
+        fn r39_prop_two_bit_word_count_and_zero_tail(
             (grad, old) in grad_and_residual(),
             t in two_bit_threshold(),
         ) {
@@ -912,7 +912,7 @@ mod tests {
         }
 
         #[test]
-        fn r43_prop_one_bit_word_count_and_zero_tail(
+        fn r41_prop_one_bit_word_count_and_zero_tail(
             (grad, old) in grad_and_residual(),
             t in one_bit_threshold(),
         ) {
@@ -920,7 +920,7 @@ mod tests {
         }
 
         #[test]
-        fn r41_prop_two_bit_matches_reference_packer(
+        fn r39_prop_two_bit_matches_reference_packer(
             (grad, old) in grad_and_residual(),
             t in two_bit_threshold(),
         ) {
@@ -929,7 +929,7 @@ mod tests {
         }
 
         #[test]
-        fn r43_prop_one_bit_matches_reference_packer(
+        fn r41_prop_one_bit_matches_reference_packer(
             (grad, old) in grad_and_residual(),
             t in one_bit_threshold(),
         ) {
