@@ -82,3 +82,20 @@ impl From<&Key> for Key {
         k.clone()
     }
 }
+
+/// Wider integers become keys only when they fit in `i64` (R9).
+macro_rules! key_try_from {
+    ($($t:ty),*) => {$(
+        impl TryFrom<$t> for Key {
+            type Error = crate::Error;
+            fn try_from(k: $t) -> Result<Self, Self::Error> {
+                i64::try_from(k).map(Key::Int).map_err(|_| crate::Error::KeyOutOfRange {
+                    value: i128::try_from(k).unwrap_or(i128::MAX),
+                    min: i64::MIN,
+                    max: i64::MAX,
+                })
+            }
+        }
+    )*};
+}
+key_try_from!(u64, usize, i128, u128);
