@@ -1,0 +1,68 @@
+//! Rules R35-R36: values and casts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use half::{bf16, f16};
+use kvstore_spec::{DType, Data, Device, Error, RowSparse, Tensor};
+
+#[test]
+fn r35_data_must_match_the_shape() {
+    assert_eq!(
+        Tensor::new([2, 3], vec![1.0f32; 5]),
+        Err(Error::DataLength {
+            shape: vec![2, 3],
+            expected: 6,
+            found: 5
+        })
+    );
+    assert!(Tensor::new(Vec::<usize>::new(), vec![1.0f32]).is_ok(), "a scalar has one element");
+    assert!(matches!(Tensor::zeros([usize::MAX, 2], DType::F32), Err(Error::InvalidShape { .. })));
+}
+
+#[test]
+fn r35_row_sparse_ids_must_be_increasing_and_in_range() {
+    let bad = |shape: Vec<usize>, ids: Vec<i64>, n: usize| RowSparse::new(shape, ids, vec![0.0f32; n]);
+    assert!(bad(vec![4, 2], vec![1, 3], 4).is_ok());
+    assert!(matches!(bad(vec![4, 2], vec![3, 1], 4), Err(Error::InvalidRowSparse { .. })));
+    assert!(matches!(bad(vec![4, 2], vec![1, 1], 4), Err(Error::InvalidRowSparse { .. })));
+    assert!(matches!(bad(vec![4, 2], vec![4], 2), Err(Error::InvalidRowSparse { .. })));
+    assert!(matches!(bad(vec![4, 2], vec![-1], 2), Err(Error::InvalidRowSparse { .. })));
+    assert!(matches!(bad(vec![4, 2], vec![1], 3), Err(Error::InvalidRowSparse { .. })));
+    assert!(matches!(bad(vec![], vec![], 0), Err(Error::InvalidRowSparse { .. })));
+}
+
+#[test]
+fn r35_devices_parse_and_print() {
+    assert_eq!(Device::parse("cpu(3)"), Some(Device::Cpu(3)));
+    assert_eq!(Device::parse("gpu(0)"), Some(Device::Gpu(0)));
+    assert_eq!(Device::parse("tpu(0)"), None);
+    assert_eq!(Device::Gpu(1).to_string(), "gpu(1)");
+    assert_eq!(Device::default(), Device::Cpu(0));
+}
+
+#[test]
+fn r35_data_equality_is_bitwise() {
+    assert_ne!(Data::F32(vec![0.0]), Data::F32(vec![-0.0]));
+    assert_eq!(Data::F32(vec![f32::NAN]), Data::F32(vec![f32::NAN]));
+    assert_ne!(Data::F32(vec![1.0]), Data::F64(vec![1.0]));
+}
+
+#[test]
+fn r36_casts_round_to_nearest_even() {
+    let t = Tensor::new([3], vec![1.5f32, 0.1, 65520.0]).unwrap();
+    let Data::F16(h) = t.cast(DType::F16).data().clone() else { panic!() };
+    assert_eq!(h, vec![f16::from_f32(1.5), f16::from_f32(0.1), f16::INFINITY]);
+    let Data::BF16(b) = t.cast(DType::BF16).data().clone() else { panic!() };
+    assert_eq!(b, vec![bf16::from_f32(1.5), bf16::from_f32(0.1), bf16::from_f32(65520.0)]);
+}
+
+#[test]
+fn r36_f64_to_half_rounds_through_f32() {
+    // 1 + 2^-11 + 2^-40 is just above the midpoint of two f16 values; rounding it to f32 first
+    // lands exactly on the midpoint, which then rounds to even (1.0), as MXNet's CPU cast does.
+    let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+    let t = Tensor::new([1], vec![x]).unwrap();
+    let Data::F16(h) = t.cast(DType::F16).data().clone() else { panic!() };
+    assert_eq!(h, vec![f16::from_f32(1.0)]);
+    let correctly_rounded = f16::from_f32(1.0 + 2f32.powi(-10));
+    assert_ne!(h[0], correctly_rounded, "a single rounding of x would give 1 + 2^-10");
+}
