@@ -1,5 +1,5 @@
 //! Small constructors shared by the rule tests.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
 use kvstore_spec::kind::Kind;
 use kvstore_spec::store::LocalStore;
