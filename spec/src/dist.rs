@@ -40,7 +40,12 @@ impl KeyState {
         if self.queues.iter().any(VecDeque::is_empty) {
             return None;
         }
-        Some(self.queues.iter_mut().filter_map(VecDeque::pop_front).collect())
+        Some(
+            self.queues
+                .iter_mut()
+                .filter_map(VecDeque::pop_front)
+                .collect(),
+        )
     }
 
     /// The ranks the open round still waits for, when a round is open (R53).
@@ -48,7 +53,14 @@ impl KeyState {
         if self.queues.iter().all(VecDeque::is_empty) {
             return None;
         }
-        Some(self.queues.iter().enumerate().filter(|(_, q)| q.is_empty()).map(|(rank, _)| rank).collect())
+        Some(
+            self.queues
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| q.is_empty())
+                .map(|(rank, _)| rank)
+                .collect(),
+        )
     }
 }
 
@@ -149,7 +161,10 @@ impl DistStore {
 
     /// Worker `rank`'s pushes of `key` that wait for a round (R51); 0 for unknown keys or ranks.
     pub fn pending_pushes(&self, rank: usize, key: &Key) -> usize {
-        self.keys.get(key).and_then(|s| s.queues.get(rank)).map_or(0, VecDeque::len)
+        self.keys
+            .get(key)
+            .and_then(|s| s.queues.get(rank))
+            .map_or(0, VecDeque::len)
     }
 
     /// What a caller can observe, for bit-exact comparisons.
@@ -211,7 +226,8 @@ impl DistStore {
 
     /// R52 "read your own round": a pull waits while this worker has a queued push of a key it reads.
     fn blocked(&self, rank: usize, outs: &[(Key, Value)]) -> bool {
-        outs.iter().any(|(key, _)| self.pending_pushes(rank, key) > 0)
+        outs.iter()
+            .any(|(key, _)| self.pending_pushes(rank, key) > 0)
     }
 
     fn check_rank(&self, rank: usize) -> Result<()> {
@@ -252,11 +268,15 @@ impl DistStore {
 
     /// A key's server state; never inited is `NotInitialized`, never "init by push" (R50).
     fn state(&self, key: &Key) -> Result<&KeyState> {
-        self.keys.get(key).ok_or_else(|| Error::NotInitialized { key: key.clone() })
+        self.keys
+            .get(key)
+            .ok_or_else(|| Error::NotInitialized { key: key.clone() })
     }
 
     fn state_mut(&mut self, key: &Key) -> Result<&mut KeyState> {
-        self.keys.get_mut(key).ok_or_else(|| Error::NotInitialized { key: key.clone() })
+        self.keys
+            .get_mut(key)
+            .ok_or_else(|| Error::NotInitialized { key: key.clone() })
     }
 
     /// Collective init (R49): every worker gives rank 0's keys in rank 0's order, with values of
@@ -285,21 +305,34 @@ impl DistStore {
 
     /// Checks that every worker agrees with rank 0 and returns rank 0's pairs (R49, R58: string
     /// keys are compared by name, so workers that list names in another order disagree).
-    fn check_collective<'a>(&self, per_worker: &'a [Vec<(Key, Value)>]) -> Result<&'a [(Key, Value)]> {
+    fn check_collective<'a>(
+        &self,
+        per_worker: &'a [Vec<(Key, Value)>],
+    ) -> Result<&'a [(Key, Value)]> {
         let mismatch = |reason: String| Error::CollectiveMismatch { op: "init", reason };
         if per_worker.len() != self.workers {
-            return Err(mismatch(format!("{} workers took part, the store has {}", per_worker.len(), self.workers)));
+            return Err(mismatch(format!(
+                "{} workers took part, the store has {}",
+                per_worker.len(),
+                self.workers
+            )));
         }
         let Some(root) = per_worker.first() else {
             return Err(mismatch("no worker took part".into()));
         };
         for (rank, pairs) in per_worker.iter().enumerate().skip(1) {
             if pairs.len() != root.len() {
-                return Err(mismatch(format!("worker {rank} gives {} keys, worker 0 gives {}", pairs.len(), root.len())));
+                return Err(mismatch(format!(
+                    "worker {rank} gives {} keys, worker 0 gives {}",
+                    pairs.len(),
+                    root.len()
+                )));
             }
             for ((key, value), (root_key, root_value)) in pairs.iter().zip(root) {
                 if key != root_key {
-                    return Err(mismatch(format!("worker {rank} gives key {key} where worker 0 gives key {root_key}")));
+                    return Err(mismatch(format!(
+                        "worker {rank} gives key {key} where worker 0 gives key {root_key}"
+                    )));
                 }
                 if signature(value) != signature(root_value) {
                     return Err(mismatch(format!(
@@ -347,7 +380,8 @@ impl DistStore {
         for value in values {
             transfer::check_shape(key, &shape, value)?;
         }
-        let merged = reduce::sum(values, dtype)?.ok_or_else(|| Error::EmptyValueList { key: key.clone() })?;
+        let merged = reduce::sum(values, dtype)?
+            .ok_or_else(|| Error::EmptyValueList { key: key.clone() })?;
         let sent = match self.compression {
             None => merged,
             Some(c) => {
@@ -368,10 +402,14 @@ impl DistStore {
         let workers = self.workers;
         let state = self.state_mut(key)?;
         let dtype = state.value.dtype();
-        let queue = state.queues.get_mut(rank).ok_or(Error::UnknownWorker { rank, workers })?;
+        let queue = state
+            .queues
+            .get_mut(rank)
+            .ok_or(Error::UnknownWorker { rank, workers })?;
         queue.push_back(contribution);
         while let Some(contributions) = self.state_mut(key)?.pop_full_round() {
-            let sum = reduce::sum(&contributions, dtype)?.ok_or_else(|| Error::EmptyValueList { key: key.clone() })?;
+            let sum = reduce::sum(&contributions, dtype)?
+                .ok_or_else(|| Error::EmptyValueList { key: key.clone() })?;
             self.apply(key, sum)?;
         }
         Ok(())
@@ -405,7 +443,12 @@ impl DistStore {
     /// Worker `rank` pulls: each output gets the value of the key's last completed round (R25-R28,
     /// R52). `None` when the pull waits for a round this worker pushed into; nothing changes then.
     /// `ignore_sparse=false` is refused (R57), so row_sparse outputs keep their content.
-    pub fn pull(&mut self, rank: usize, outs: &[(Key, Value)], ignore_sparse: bool) -> Result<Option<Vec<Value>>> {
+    pub fn pull(
+        &mut self,
+        rank: usize,
+        outs: &[(Key, Value)],
+        ignore_sparse: bool,
+    ) -> Result<Option<Vec<Value>>> {
         self.check_rank(rank)?;
         if !ignore_sparse {
             return Err(self.unsupported("pull with ignore_sparse=false"));
@@ -432,7 +475,11 @@ impl DistStore {
         self.transact_read(rank, outs, |s| s.row_sparse_pull_unchecked(outs, row_ids))
     }
 
-    fn row_sparse_pull_unchecked(&mut self, outs: &[(Key, Value)], row_ids: &[Vec<i64>]) -> Result<Vec<Value>> {
+    fn row_sparse_pull_unchecked(
+        &mut self,
+        outs: &[(Key, Value)],
+        row_ids: &[Vec<i64>],
+    ) -> Result<Vec<Value>> {
         self.fix_key_type(outs.iter().map(|(k, _)| k))?;
         if row_ids.len() != 1 && row_ids.len() != outs.len() {
             return Err(Error::RowIdsCountMismatch {
@@ -457,7 +504,12 @@ impl DistStore {
     /// `push` then `pull` by worker `rank`, as one call (R34). The push is kept whenever the call
     /// is valid; the pull part is `None` while it waits for the round (R52), and the caller then
     /// retries with [`DistStore::pull`].
-    pub fn pushpull(&mut self, rank: usize, pairs: &[(Key, Value)], outs: &[(Key, Value)]) -> Result<Option<Vec<Value>>> {
+    pub fn pushpull(
+        &mut self,
+        rank: usize,
+        pairs: &[(Key, Value)],
+        outs: &[(Key, Value)],
+    ) -> Result<Option<Vec<Value>>> {
         self.check_rank(rank)?;
         self.transact(|s| {
             s.push_unchecked(rank, pairs)?;
@@ -471,7 +523,12 @@ impl DistStore {
     /// Freshly inited keys have no open round, so the pull cannot wait; an output naming another
     /// key that `rank` has pushed into an open round would, and is refused
     /// (`UnsupportedOperation`) rather than answered with a stale value.
-    pub fn broadcast(&mut self, per_worker: &[Vec<(Key, Value)>], rank: usize, outs: &[(Key, Value)]) -> Result<Vec<Value>> {
+    pub fn broadcast(
+        &mut self,
+        per_worker: &[Vec<(Key, Value)>],
+        rank: usize,
+        outs: &[(Key, Value)],
+    ) -> Result<Vec<Value>> {
         self.check_rank(rank)?;
         self.transact(|s| {
             s.init_unchecked(per_worker)?;
@@ -529,19 +586,29 @@ fn signature(value: &Value) -> (&[usize], DType, StorageType) {
 
 /// [`signature`] in words, for error messages.
 fn describe(value: &Value) -> String {
-    format!("{} {} of shape {:?}", value.stype(), value.dtype(), value.shape())
+    format!(
+        "{} {} of shape {:?}",
+        value.stype(),
+        value.dtype(),
+        value.shape()
+    )
 }
 
 /// Compression needs dense float32 values for a float32 key (R43; row_sparse with compression is
 /// refused, semantics §3.7). Reports the same dtype as [`transfer::compress`] does.
 fn check_compressible(key: &Key, key_dtype: DType, value: &Value) -> Result<()> {
-    if value.stype() == StorageType::Dense && value.dtype() == DType::F32 && key_dtype == DType::F32 {
+    if value.stype() == StorageType::Dense && value.dtype() == DType::F32 && key_dtype == DType::F32
+    {
         return Ok(());
     }
     Err(Error::CompressionUnsupportedValue {
         key: key.clone(),
         stype: value.stype(),
-        dtype: if value.dtype() == DType::F32 { key_dtype } else { value.dtype() },
+        dtype: if value.dtype() == DType::F32 {
+            key_dtype
+        } else {
+            value.dtype()
+        },
     })
 }
 
@@ -587,8 +654,15 @@ mod tests {
     }
 
     fn add_into(merged: &Value, stored: &mut Value) -> Result<(), UpdateError> {
-        let sum: Vec<f32> = stored.to_f32().iter().zip(merged.to_f32()).map(|(s, m)| s + m).collect();
-        *stored = Value::Dense(Tensor::new(stored.shape().to_vec(), sum).map_err(|e| UpdateError(e.to_string()))?);
+        let sum: Vec<f32> = stored
+            .to_f32()
+            .iter()
+            .zip(merged.to_f32())
+            .map(|(s, m)| s + m)
+            .collect();
+        *stored = Value::Dense(
+            Tensor::new(stored.shape().to_vec(), sum).map_err(|e| UpdateError(e.to_string()))?,
+        );
         Ok(())
     }
 
@@ -618,21 +692,36 @@ mod tests {
         assert_eq!(kv.kind().name(), "dist_sync");
         init_all(&mut kv, &k(1), &full(0.0));
         let before = kv.observable();
-        let unknown = Error::UnknownWorker { rank: 3, workers: 3 };
+        let unknown = Error::UnknownWorker {
+            rank: 3,
+            workers: 3,
+        };
         assert_eq!(kv.push(3, &[(k(1), full(1.0))]), Err(unknown.clone()));
         assert_eq!(kv.pull(3, &[(k(1), full(1.0))], true), Err(unknown.clone()));
         assert_eq!(kv.row_sparse_pull(3, &[], &[vec![]]), Err(unknown.clone()));
         assert_eq!(kv.pushpull(3, &[], &[]), Err(unknown.clone()));
-        assert_eq!(kv.broadcast(&[vec![], vec![], vec![]], 3, &[]), Err(unknown.clone()));
-        assert_eq!(kv.set_optimizer(3, Optimizer::Sgd(Sgd::default())), Err(unknown));
+        assert_eq!(
+            kv.broadcast(&[vec![], vec![], vec![]], 3, &[]),
+            Err(unknown.clone())
+        );
+        assert_eq!(
+            kv.set_optimizer(3, Optimizer::Sgd(Sgd::default())),
+            Err(unknown)
+        );
         assert_eq!(kv.observable(), before);
         assert_eq!(kv.pending_pushes(7, &k(1)), 0);
     }
 
     #[test]
     fn r48_new_needs_a_dist_kind_and_a_worker() {
-        assert!(matches!(DistStore::new(Kind::parse("local").unwrap(), 2), Err(Error::UnsupportedKind { .. })));
-        assert!(matches!(DistStore::new(Kind::parse("dist_sync").unwrap(), 0), Err(Error::UnsupportedKind { .. })));
+        assert!(matches!(
+            DistStore::new(Kind::parse("local").unwrap(), 2),
+            Err(Error::UnsupportedKind { .. })
+        ));
+        assert!(matches!(
+            DistStore::new(Kind::parse("dist_sync").unwrap(), 0),
+            Err(Error::UnsupportedKind { .. })
+        ));
         assert_eq!(store("Dist_Async", 1).num_workers(), 1);
     }
 
@@ -640,8 +729,13 @@ mod tests {
     fn r49_init_stores_rank_0_values() {
         let mut kv = store("dist_sync", 2);
         let rank0 = full(1.0).on(Device::Gpu(1));
-        kv.init(&[vec![(k(3), rank0)], vec![(k(3), full(2.0))]]).unwrap();
-        assert_eq!(kv.value(&k(3)), Some(&full(1.0)), "rank 0's value, copied to cpu(0)");
+        kv.init(&[vec![(k(3), rank0)], vec![(k(3), full(2.0))]])
+            .unwrap();
+        assert_eq!(
+            kv.value(&k(3)),
+            Some(&full(1.0)),
+            "rank 0's value, copied to cpu(0)"
+        );
         assert_eq!(pull2(&mut kv, 0, &k(3)), Some(vec![1.0, 1.0]));
         assert_eq!(pull2(&mut kv, 1, &k(3)), Some(vec![1.0, 1.0]));
         assert_eq!(kv.completed_rounds(&k(3)), 0);
@@ -656,13 +750,25 @@ mod tests {
         let sparse = Value::RowSparse(RowSparse::new([2], vec![0, 1], vec![0.0f32, 0.0]).unwrap());
         let cases: Vec<Vec<Vec<(Key, Value)>>> = vec![
             // another key
-            vec![vec![(k(1), full(0.0)), (k(2), full(0.0))], vec![(k(1), full(0.0)), (k(3), full(0.0))]],
+            vec![
+                vec![(k(1), full(0.0)), (k(2), full(0.0))],
+                vec![(k(1), full(0.0)), (k(3), full(0.0))],
+            ],
             // the same keys in another order
-            vec![vec![(k(1), full(0.0)), (k(2), full(0.0))], vec![(k(2), full(0.0)), (k(1), full(0.0))]],
+            vec![
+                vec![(k(1), full(0.0)), (k(2), full(0.0))],
+                vec![(k(2), full(0.0)), (k(1), full(0.0))],
+            ],
             // fewer keys
-            vec![vec![(k(1), full(0.0)), (k(2), full(0.0))], vec![(k(1), full(0.0))]],
+            vec![
+                vec![(k(1), full(0.0)), (k(2), full(0.0))],
+                vec![(k(1), full(0.0))],
+            ],
             // another shape on the second key
-            vec![vec![(k(1), full(0.0)), (k(2), full(0.0))], vec![(k(1), full(0.0)), (k(2), dense(&[0.0; 3]))]],
+            vec![
+                vec![(k(1), full(0.0)), (k(2), full(0.0))],
+                vec![(k(1), full(0.0)), (k(2), dense(&[0.0; 3]))],
+            ],
             // another dtype
             vec![vec![(k(1), full(0.0))], vec![(k(1), half)]],
             // another storage type
@@ -672,11 +778,19 @@ mod tests {
         ];
         for per_worker in cases {
             let err = kv.init(&per_worker).unwrap_err();
-            assert!(matches!(err, Error::CollectiveMismatch { op: "init", .. }), "{err}");
+            assert!(
+                matches!(err, Error::CollectiveMismatch { op: "init", .. }),
+                "{err}"
+            );
             assert_eq!(kv.observable(), before);
         }
-        let err = kv.init(&[vec![(k(1), full(0.0))], vec![(k(1), dense(&[0.0; 3]))]]).unwrap_err();
-        assert!(err.to_string().contains("key 1: worker 1"), "names the key and the worker: {err}");
+        let err = kv
+            .init(&[vec![(k(1), full(0.0))], vec![(k(1), dense(&[0.0; 3]))]])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("key 1: worker 1"),
+            "names the key and the worker: {err}"
+        );
     }
 
     #[test]
@@ -698,15 +812,24 @@ mod tests {
         let per_worker = vec![vec![(k(1), full(4.0))], vec![(k(1), full(5.0))]];
         let out = kv.broadcast(&per_worker, 1, &[(k(1), full(0.0))]).unwrap();
         assert_eq!(out[0].to_f32(), vec![4.0, 4.0]);
-        assert_eq!(kv.broadcast(&per_worker, 0, &[(k(1), full(0.0))]), Err(Error::DuplicateInit { key: k(1) }));
+        assert_eq!(
+            kv.broadcast(&per_worker, 0, &[(k(1), full(0.0))]),
+            Err(Error::DuplicateInit { key: k(1) })
+        );
         // Rank 0 waits for a round of key 1, so a broadcast of key 2 that also reads key 1 is refused.
         kv.push(0, &[(k(1), full(1.0))]).unwrap();
         let before = kv.observable();
         let per_worker = vec![vec![(k(2), full(0.0))]; 2];
         let outs = [(k(2), full(0.0)), (k(1), full(0.0))];
-        assert!(matches!(kv.broadcast(&per_worker, 0, &outs), Err(Error::UnsupportedOperation { .. })));
+        assert!(matches!(
+            kv.broadcast(&per_worker, 0, &outs),
+            Err(Error::UnsupportedOperation { .. })
+        ));
         assert_eq!(kv.observable(), before);
-        assert_eq!(kv.broadcast(&per_worker, 1, &outs).unwrap()[1].to_f32(), vec![4.0, 4.0]);
+        assert_eq!(
+            kv.broadcast(&per_worker, 1, &outs).unwrap()[1].to_f32(),
+            vec![4.0, 4.0]
+        );
     }
 
     #[test]
@@ -714,14 +837,31 @@ mod tests {
         let mut kv = store("dist_sync", 2);
         let before = kv.observable();
         let unknown = Error::NotInitialized { key: k(50) };
-        assert_eq!(kv.push(0, &[(k(50), full(9.0))]), Err(unknown.clone()), "never init by push");
-        assert_eq!(kv.pull(0, &[(k(50), full(0.0))], true), Err(unknown.clone()));
+        assert_eq!(
+            kv.push(0, &[(k(50), full(9.0))]),
+            Err(unknown.clone()),
+            "never init by push"
+        );
+        assert_eq!(
+            kv.pull(0, &[(k(50), full(0.0))], true),
+            Err(unknown.clone())
+        );
         let rsp = Value::RowSparse(RowSparse::empty([2], DType::F32).unwrap());
-        assert_eq!(kv.row_sparse_pull(1, &[(k(50), rsp)], &[vec![0]]), Err(unknown.clone()));
-        assert_eq!(kv.pushpull(1, &[(k(50), full(9.0))], &[(k(50), full(0.0))]), Err(unknown));
+        assert_eq!(
+            kv.row_sparse_pull(1, &[(k(50), rsp)], &[vec![0]]),
+            Err(unknown.clone())
+        );
+        assert_eq!(
+            kv.pushpull(1, &[(k(50), full(9.0))], &[(k(50), full(0.0))]),
+            Err(unknown)
+        );
         assert_eq!(kv.observable(), before, "not even the key type is fixed");
         init_all(&mut kv, &k(50), &full(1.0));
-        assert_eq!(pull2(&mut kv, 1, &k(50)), Some(vec![1.0, 1.0]), "no poisoning");
+        assert_eq!(
+            pull2(&mut kv, 1, &k(50)),
+            Some(vec![1.0, 1.0]),
+            "no poisoning"
+        );
     }
 
     #[test]
@@ -733,7 +873,11 @@ mod tests {
             assert_eq!(kv.completed_rounds(&k(3)), round - 1);
             kv.push(1, &[(k(3), full(2.0))]).unwrap();
             assert_eq!(kv.completed_rounds(&k(3)), round);
-            assert_eq!(stored(&kv, &k(3)), vec![3.0, 3.0], "replace, never accumulate");
+            assert_eq!(
+                stored(&kv, &k(3)),
+                vec![3.0, 3.0],
+                "replace, never accumulate"
+            );
         }
         kv.check_quiescent().unwrap();
     }
@@ -745,7 +889,11 @@ mod tests {
         kv.push(0, &[(k(3), full(1.0))]).unwrap();
         kv.push(0, &[(k(3), full(10.0))]).unwrap();
         assert_eq!(kv.pending_pushes(0, &k(3)), 2);
-        assert_eq!(kv.completed_rounds(&k(3)), 0, "rounds count workers, not requests");
+        assert_eq!(
+            kv.completed_rounds(&k(3)),
+            0,
+            "rounds count workers, not requests"
+        );
         kv.push(1, &[(k(3), full(2.0))]).unwrap();
         assert_eq!(stored(&kv, &k(3)), vec![3.0, 3.0]);
         assert_eq!(kv.pending_pushes(0, &k(3)), 1, "rank 0's 10 stays queued");
@@ -775,8 +923,16 @@ mod tests {
     fn r51_worker_merges_its_own_values_first() {
         let mut kv = store("dist_sync", 2);
         init_all(&mut kv, &k(1), &full(0.0));
-        kv.push(0, &[(k(1), full(1.0)), (k(1), full(2.0).on(Device::Gpu(0)))]).unwrap();
-        assert_eq!(kv.pending_pushes(0, &k(1)), 1, "one contribution per push and key");
+        kv.push(
+            0,
+            &[(k(1), full(1.0)), (k(1), full(2.0).on(Device::Gpu(0)))],
+        )
+        .unwrap();
+        assert_eq!(
+            kv.pending_pushes(0, &k(1)),
+            1,
+            "one contribution per push and key"
+        );
         kv.push(1, &[(k(1), full(4.0))]).unwrap();
         assert_eq!(stored(&kv, &k(1)), vec![7.0, 7.0]);
     }
@@ -787,10 +943,14 @@ mod tests {
         init_all(&mut kv, &k(1), &full(1.0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
-        kv.set_updater(Box::new(move |_: &Key, merged: &Value, stored: &mut Value| {
-            log.lock().map_err(|e| UpdateError(e.to_string()))?.push(merged.to_f32());
-            add_into(merged, stored)
-        }));
+        kv.set_updater(Box::new(
+            move |_: &Key, merged: &Value, stored: &mut Value| {
+                log.lock()
+                    .map_err(|e| UpdateError(e.to_string()))?
+                    .push(merged.to_f32());
+                add_into(merged, stored)
+            },
+        ));
         kv.push(0, &[(k(1), full(1.0))]).unwrap();
         kv.push(1, &[(k(1), full(2.0))]).unwrap();
         kv.push(1, &[(k(1), full(2.0))]).unwrap();
@@ -804,7 +964,11 @@ mod tests {
         let mut kv = store("dist_sync", 2);
         init_all(&mut kv, &k(1), &full(0.0));
         kv.push(0, &[(k(1), full(5.0))]).unwrap();
-        assert_eq!(pull2(&mut kv, 1, &k(1)), Some(vec![0.0, 0.0]), "rank 1 has not pushed: old value");
+        assert_eq!(
+            pull2(&mut kv, 1, &k(1)),
+            Some(vec![0.0, 0.0]),
+            "rank 1 has not pushed: old value"
+        );
         let before = kv.observable();
         assert_eq!(pull2(&mut kv, 0, &k(1)), None, "rank 0 reads its own round");
         assert_eq!(kv.observable(), before);
@@ -816,25 +980,57 @@ mod tests {
     #[test]
     fn r52_blocked_reads_change_nothing_and_invalid_reads_fail() {
         let mut kv = store("dist_sync", 2);
-        kv.init(&vec![vec![(k(1), dense(&[1.0, 2.0, 3.0])), (k(2), full(0.0))]; 2]).unwrap();
+        kv.init(&vec![
+            vec![
+                (k(1), dense(&[1.0, 2.0, 3.0])),
+                (k(2), full(0.0))
+            ];
+            2
+        ])
+        .unwrap();
         kv.push(0, &[(k(1), dense(&[1.0, 1.0, 1.0]))]).unwrap();
         let before = kv.observable();
         let rsp = Value::RowSparse(RowSparse::empty([3], DType::F32).unwrap());
-        assert_eq!(kv.row_sparse_pull(0, &[(k(1), rsp.clone())], &[vec![2, 0]]), Ok(None));
+        assert_eq!(
+            kv.row_sparse_pull(0, &[(k(1), rsp.clone())], &[vec![2, 0]]),
+            Ok(None)
+        );
         // A pull naming a free key together with the blocked one waits as a whole.
-        assert_eq!(kv.pull(0, &[(k(2), full(0.0)), (k(1), dense(&[0.0; 3]))], true), Ok(None));
+        assert_eq!(
+            kv.pull(0, &[(k(2), full(0.0)), (k(1), dense(&[0.0; 3]))], true),
+            Ok(None)
+        );
         // Invalid arguments fail whether or not the call would wait.
-        assert!(matches!(kv.pull(0, &[(k(1), full(0.0))], true), Err(Error::ShapeMismatch { .. })));
+        assert!(matches!(
+            kv.pull(0, &[(k(1), full(0.0))], true),
+            Err(Error::ShapeMismatch { .. })
+        ));
         let s = Key::from("s");
-        let wrong_type = Error::KeyTypeMismatch { expected: KeyType::Int, found: KeyType::Str, key: s.clone() };
-        assert_eq!(kv.pull(0, &[(k(1), dense(&[0.0; 3])), (s, full(0.0))], true), Err(wrong_type));
+        let wrong_type = Error::KeyTypeMismatch {
+            expected: KeyType::Int,
+            found: KeyType::Str,
+            key: s.clone(),
+        };
+        assert_eq!(
+            kv.pull(0, &[(k(1), dense(&[0.0; 3])), (s, full(0.0))], true),
+            Err(wrong_type)
+        );
         assert_eq!(kv.observable(), before);
         // Rank 1 has not pushed: it reads rows 0 and 2 of the init value.
-        let out = kv.row_sparse_pull(1, &[(k(1), rsp)], &[vec![2, 0]]).unwrap().unwrap();
-        assert_eq!(out[0], Value::RowSparse(RowSparse::new([3], vec![0, 2], vec![1.0f32, 3.0]).unwrap()));
+        let out = kv
+            .row_sparse_pull(1, &[(k(1), rsp)], &[vec![2, 0]])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out[0],
+            Value::RowSparse(RowSparse::new([3], vec![0, 2], vec![1.0f32, 3.0]).unwrap())
+        );
         assert_eq!(
             kv.row_sparse_pull(1, &[], &[vec![0], vec![1]]),
-            Err(Error::RowIdsCountMismatch { row_ids: 2, outputs: 0 })
+            Err(Error::RowIdsCountMismatch {
+                row_ids: 2,
+                outputs: 0
+            })
         );
     }
 
@@ -842,24 +1038,50 @@ mod tests {
     fn r52_pushpull_pushes_and_returns_the_round_once_it_is_complete() {
         let mut kv = store("dist_sync", 2);
         init_all(&mut kv, &k(1), &full(0.0));
-        assert_eq!(kv.pushpull(0, &[(k(1), full(1.0))], &[(k(1), full(0.0))]), Ok(None));
-        assert_eq!(kv.pending_pushes(0, &k(1)), 1, "the push is kept while its pull waits");
-        let out = kv.pushpull(1, &[(k(1), full(2.0))], &[(k(1), full(0.0))]).unwrap().unwrap();
-        assert_eq!(out[0].to_f32(), vec![3.0, 3.0], "the last worker completes the round and reads it");
+        assert_eq!(
+            kv.pushpull(0, &[(k(1), full(1.0))], &[(k(1), full(0.0))]),
+            Ok(None)
+        );
+        assert_eq!(
+            kv.pending_pushes(0, &k(1)),
+            1,
+            "the push is kept while its pull waits"
+        );
+        let out = kv
+            .pushpull(1, &[(k(1), full(2.0))], &[(k(1), full(0.0))])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out[0].to_f32(),
+            vec![3.0, 3.0],
+            "the last worker completes the round and reads it"
+        );
         assert_eq!(pull2(&mut kv, 0, &k(1)), Some(vec![3.0, 3.0]));
     }
 
     #[test]
     fn r53_incomplete_round_names_the_missing_workers() {
         let mut kv = store("dist_sync", 3);
-        kv.init(&vec![vec![(k(1), full(0.0)), (k(2), full(0.0))]; 3]).unwrap();
+        kv.init(&vec![vec![(k(1), full(0.0)), (k(2), full(0.0))]; 3])
+            .unwrap();
         kv.push(1, &[(k(2), full(1.0))]).unwrap();
         kv.push(0, &[(k(2), full(1.0))]).unwrap();
-        assert_eq!(kv.check_quiescent(), Err(Error::IncompleteRound { key: k(2), round: 1, missing: vec![2] }));
+        assert_eq!(
+            kv.check_quiescent(),
+            Err(Error::IncompleteRound {
+                key: k(2),
+                round: 1,
+                missing: vec![2]
+            })
+        );
         kv.push(2, &[(k(1), full(1.0))]).unwrap();
         assert_eq!(
             kv.check_quiescent(),
-            Err(Error::IncompleteRound { key: k(1), round: 1, missing: vec![0, 1] }),
+            Err(Error::IncompleteRound {
+                key: k(1),
+                round: 1,
+                missing: vec![0, 1]
+            }),
             "the first key in key order"
         );
         kv.push(2, &[(k(2), full(1.0))]).unwrap();
@@ -870,7 +1092,14 @@ mod tests {
         for rank in [0, 0, 1, 2] {
             kv.push(rank, &[(k(2), full(1.0))]).unwrap();
         }
-        assert_eq!(kv.check_quiescent(), Err(Error::IncompleteRound { key: k(2), round: 3, missing: vec![1, 2] }));
+        assert_eq!(
+            kv.check_quiescent(),
+            Err(Error::IncompleteRound {
+                key: k(2),
+                round: 3,
+                missing: vec![1, 2]
+            })
+        );
     }
 
     #[test]
@@ -897,7 +1126,13 @@ mod tests {
         init_all(&mut kv, &k(1), &full(0.0));
         let before = kv.observable();
         let err = kv.push(1, &[(k(1), full(1.0))]);
-        assert_eq!(err, Err(Error::UpdaterRequired { key: k(1), kind: "dist_async".into() }));
+        assert_eq!(
+            err,
+            Err(Error::UpdaterRequired {
+                key: k(1),
+                kind: "dist_async".into()
+            })
+        );
         assert_eq!(kv.observable(), before);
         kv.push(1, &[]).unwrap();
     }
@@ -908,7 +1143,13 @@ mod tests {
         let key = k(1);
         kv.set_gradient_compression(two_bit(0.5)).unwrap();
         init_all(&mut kv, &key, &dense(&[1.0; 4]));
-        assert_eq!(kv.pull(1, &[(key.clone(), dense(&[0.0; 4]))], true).unwrap().unwrap()[0].to_f32(), vec![1.0; 4]);
+        assert_eq!(
+            kv.pull(1, &[(key.clone(), dense(&[0.0; 4]))], true)
+                .unwrap()
+                .unwrap()[0]
+                .to_f32(),
+            vec![1.0; 4]
+        );
         let steps: [([f32; 4], [f32; 4]); 3] = [
             ([0.6, 0.4, -0.6, 0.0], [1.0, 0.0, -1.0, 0.0]),
             ([0.0, 0.2, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]),
@@ -947,9 +1188,20 @@ mod tests {
         kv.set_gradient_compression(two_bit(0.5)).unwrap();
         init_all(&mut kv, &k(1), &dense(&[0.0]));
         // Quantising each value would send 0 + 0; the worker's merge 0.6 sends 0.5.
-        kv.push(0, &[(k(1), dense(&[0.3])), (k(1), dense(&[0.3]).on(Device::Gpu(1)))]).unwrap();
+        kv.push(
+            0,
+            &[
+                (k(1), dense(&[0.3])),
+                (k(1), dense(&[0.3]).on(Device::Gpu(1))),
+            ],
+        )
+        .unwrap();
         assert_eq!(stored(&kv, &k(1)), vec![0.5]);
-        assert_eq!(kv.observable().residuals.len(), 1, "one residual per (worker, key)");
+        assert_eq!(
+            kv.observable().residuals.len(),
+            1,
+            "one residual per (worker, key)"
+        );
     }
 
     #[test]
@@ -959,30 +1211,65 @@ mod tests {
         init_all(&mut kv, &k(1), &dense(&[0.0, 0.0]));
         let before = kv.observable();
         let sparse = Value::RowSparse(RowSparse::new([2], vec![0], vec![1.0f32]).unwrap());
-        let err = kv.push(0, &[(k(1), full(1.0)), (k(1), sparse)]).unwrap_err();
-        assert!(matches!(err, Error::CompressionUnsupportedValue { stype: StorageType::RowSparse, .. }), "{err}");
+        let err = kv
+            .push(0, &[(k(1), full(1.0)), (k(1), sparse)])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::CompressionUnsupportedValue {
+                    stype: StorageType::RowSparse,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let half = Value::Dense(Tensor::full([2], DType::F16, 1.0).unwrap());
         let err = kv.push(0, &[(k(1), half)]).unwrap_err();
-        assert!(matches!(err, Error::CompressionUnsupportedValue { dtype: DType::F16, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::CompressionUnsupportedValue {
+                    dtype: DType::F16,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(kv.observable(), before);
         kv.push(0, &[(k(1), full(0.3))]).unwrap();
         assert_eq!(kv.observable().residuals.len(), 1);
         kv.set_gradient_compression(two_bit(0.5)).unwrap();
-        assert_eq!(kv.observable().residuals.len(), 1, "the same parameters keep the residuals");
+        assert_eq!(
+            kv.observable().residuals.len(),
+            1,
+            "the same parameters keep the residuals"
+        );
         kv.set_gradient_compression(two_bit(0.25)).unwrap();
-        assert!(kv.observable().residuals.is_empty(), "new parameters reset them");
+        assert!(
+            kv.observable().residuals.is_empty(),
+            "new parameters reset them"
+        );
     }
 
     #[test]
     fn r56_row_sparse_round_stores_the_union_of_rows_summed() {
         let mut kv = store("dist_sync", 2);
-        init_all(&mut kv, &k(1), &Value::Dense(Tensor::full([3, 2], DType::F32, 9.0).unwrap()));
+        init_all(
+            &mut kv,
+            &k(1),
+            &Value::Dense(Tensor::full([3, 2], DType::F32, 9.0).unwrap()),
+        );
         let a = RowSparse::new([3, 2], vec![0], vec![1.0f32, 2.0]).unwrap();
         let b = RowSparse::new([3, 2], vec![0, 2], vec![10.0f32, 20.0, 30.0, 40.0]).unwrap();
         kv.push(0, &[(k(1), Value::RowSparse(a))]).unwrap();
         kv.push(1, &[(k(1), Value::RowSparse(b))]).unwrap();
         let expected = RowSparse::new([3, 2], vec![0, 2], vec![11.0f32, 22.0, 30.0, 40.0]).unwrap();
-        assert_eq!(kv.value(&k(1)), Some(&Value::RowSparse(expected)), "row 1 is dropped, as in a local store");
+        assert_eq!(
+            kv.value(&k(1)),
+            Some(&Value::RowSparse(expected)),
+            "row 1 is dropped, as in a local store"
+        );
     }
 
     #[test]
@@ -993,23 +1280,39 @@ mod tests {
         assert!(matches!(err, Err(Error::UnsupportedOperation { .. })));
         // With ignore_sparse a row_sparse output keeps its content.
         let rsp = Value::RowSparse(RowSparse::new([2], vec![1], vec![5.0f32]).unwrap());
-        assert_eq!(kv.pull(0, &[(k(1), rsp.clone())], true), Ok(Some(vec![rsp])));
+        assert_eq!(
+            kv.pull(0, &[(k(1), rsp.clone())], true),
+            Ok(Some(vec![rsp]))
+        );
     }
 
     #[test]
     fn r57_optimizer_states_cannot_be_saved_or_loaded() {
         let mut kv = store("dist_sync", 2);
         kv.set_optimizer(0, Optimizer::Sgd(Sgd::default())).unwrap();
-        assert!(matches!(kv.save_optimizer_states(true), Err(Error::UnsupportedOperation { .. })));
-        assert!(matches!(kv.save_optimizer_states(false), Err(Error::UnsupportedOperation { .. })));
-        assert!(matches!(kv.load_optimizer_states(b"{}"), Err(Error::UnsupportedOperation { .. })));
+        assert!(matches!(
+            kv.save_optimizer_states(true),
+            Err(Error::UnsupportedOperation { .. })
+        ));
+        assert!(matches!(
+            kv.save_optimizer_states(false),
+            Err(Error::UnsupportedOperation { .. })
+        ));
+        assert!(matches!(
+            kv.load_optimizer_states(b"{}"),
+            Err(Error::UnsupportedOperation { .. })
+        ));
     }
 
     #[test]
     fn r57_set_optimizer_from_any_worker_resets_the_states() {
         let mut kv = store("dist_sync", 2);
         init_all(&mut kv, &k(1), &full(0.0));
-        let sgd = Optimizer::Sgd(Sgd { learning_rate: 0.1, momentum: 0.9, ..Sgd::default() });
+        let sgd = Optimizer::Sgd(Sgd {
+            learning_rate: 0.1,
+            momentum: 0.9,
+            ..Sgd::default()
+        });
         kv.set_optimizer(0, sgd.clone()).unwrap();
         let round = |kv: &mut DistStore| {
             kv.push(0, &[(k(1), full(1.0))]).unwrap();
@@ -1020,7 +1323,11 @@ mod tests {
         assert_eq!(stored(&kv, &k(1)), vec![-step, -step]);
         assert_eq!(kv.observable().optimizer.map(|o| o.states().len()), Some(1));
         kv.set_optimizer(1, sgd).unwrap();
-        assert_eq!(kv.observable().optimizer.map(|o| o.states().len()), Some(0), "fresh states");
+        assert_eq!(
+            kv.observable().optimizer.map(|o| o.states().len()),
+            Some(0),
+            "fresh states"
+        );
         round(&mut kv);
         // A fresh momentum buffer: m = -step, w = -step + m (with the old one, m = 0.9 * -step - step).
         assert_eq!(stored(&kv, &k(1)), vec![-step + -step, -step + -step]);
@@ -1035,8 +1342,18 @@ mod tests {
             vec![(sa.clone(), full(100.0)), (sb.clone(), full(200.0))],
             vec![(sb.clone(), full(100.0)), (sa.clone(), full(200.0))],
         ];
-        assert!(matches!(kv.init(&swapped), Err(Error::CollectiveMismatch { .. })), "names, not per-process numbers");
-        kv.init(&vec![vec![(sa.clone(), full(100.0)), (sb.clone(), full(200.0))]; 2]).unwrap();
+        assert!(
+            matches!(kv.init(&swapped), Err(Error::CollectiveMismatch { .. })),
+            "names, not per-process numbers"
+        );
+        kv.init(&vec![
+            vec![
+                (sa.clone(), full(100.0)),
+                (sb.clone(), full(200.0))
+            ];
+            2
+        ])
+        .unwrap();
         assert_eq!(pull2(&mut kv, 1, &sa), Some(vec![100.0, 100.0]));
         kv.push(0, &[(sa.clone(), full(1.0))]).unwrap();
         kv.push(1, &[(sa.clone(), full(2.0))]).unwrap();
@@ -1048,32 +1365,54 @@ mod tests {
     fn r58_push_processes_string_keys_by_name() {
         let mut kv = store("dist_async", 1);
         let (a, b) = (Key::from("a"), Key::from("b"));
-        kv.init(&[vec![(b.clone(), full(0.0)), (a.clone(), full(0.0))]]).unwrap();
+        kv.init(&[vec![(b.clone(), full(0.0)), (a.clone(), full(0.0))]])
+            .unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&order);
-        kv.set_updater(Box::new(move |key: &Key, merged: &Value, stored: &mut Value| {
-            log.lock().map_err(|e| UpdateError(e.to_string()))?.push(key.clone());
-            add_into(merged, stored)
-        }));
-        kv.push(0, &[(b.clone(), full(1.0)), (a.clone(), full(1.0))]).unwrap();
-        assert_eq!(*order.lock().unwrap(), vec![a, b], "by name, not by init order");
+        kv.set_updater(Box::new(
+            move |key: &Key, merged: &Value, stored: &mut Value| {
+                log.lock()
+                    .map_err(|e| UpdateError(e.to_string()))?
+                    .push(key.clone());
+                add_into(merged, stored)
+            },
+        ));
+        kv.push(0, &[(b.clone(), full(1.0)), (a.clone(), full(1.0))])
+            .unwrap();
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec![a, b],
+            "by name, not by init order"
+        );
     }
 
     #[test]
     fn r8_key_type_is_fixed_store_wide() {
         let mut kv = store("dist_sync", 2);
         kv.push(0, &[]).unwrap();
-        assert_eq!(kv.observable().key_type, None, "an empty call fixes nothing");
+        assert_eq!(
+            kv.observable().key_type,
+            None,
+            "an empty call fixes nothing"
+        );
         init_all(&mut kv, &k(1), &full(0.0));
         let err = kv.init(&vec![vec![(Key::from("s"), full(0.0))]; 2]);
-        assert_eq!(err, Err(Error::KeyTypeMismatch { expected: KeyType::Int, found: KeyType::Str, key: Key::from("s") }));
+        assert_eq!(
+            err,
+            Err(Error::KeyTypeMismatch {
+                expected: KeyType::Int,
+                found: KeyType::Str,
+                key: Key::from("s")
+            })
+        );
     }
 
     #[test]
     fn r7_failing_multi_key_push_changes_nothing() {
         let mut kv = store("dist_sync", 2);
         kv.set_gradient_compression(two_bit(0.5)).unwrap();
-        kv.init(&vec![vec![(k(1), full(0.0)), (k(2), full(0.0))]; 2]).unwrap();
+        kv.init(&vec![vec![(k(1), full(0.0)), (k(2), full(0.0))]; 2])
+            .unwrap();
         kv.push(1, &[(k(1), full(0.7)), (k(2), full(0.7))]).unwrap();
         kv.push(0, &[(k(1), full(0.7))]).unwrap();
         kv.push(0, &[(k(1), full(0.7))]).unwrap();
@@ -1084,20 +1423,30 @@ mod tests {
         assert!(matches!(err, Err(Error::ShapeMismatch { .. })));
         assert_eq!(kv.observable(), before);
         let err = kv.pushpull(1, &[(k(1), full(0.7))], &[(k(2), dense(&[0.7; 3]))]);
-        assert!(matches!(err, Err(Error::ShapeMismatch { .. })), "an invalid pull part undoes the push");
+        assert!(
+            matches!(err, Err(Error::ShapeMismatch { .. })),
+            "an invalid pull part undoes the push"
+        );
         assert_eq!(kv.observable(), before);
     }
 
     #[test]
     fn r7_updater_error_changes_nothing_in_sync_rounds() {
         let mut kv = store("dist_sync", 2);
-        kv.init(&vec![vec![(k(1), full(0.0)), (k(2), full(0.0))]; 2]).unwrap();
+        kv.init(&vec![vec![(k(1), full(0.0)), (k(2), full(0.0))]; 2])
+            .unwrap();
         kv.set_updater(refuse_key_2());
         kv.push(0, &[(k(1), full(1.0)), (k(2), full(1.0))]).unwrap();
         let before = kv.observable();
         // Key 1's round completes and applies before key 2's updater fails: all of it is undone.
         let err = kv.push(1, &[(k(1), full(2.0)), (k(2), full(2.0))]);
-        assert_eq!(err, Err(Error::Updater { key: k(2), message: "key 2 is refused".into() }));
+        assert_eq!(
+            err,
+            Err(Error::Updater {
+                key: k(2),
+                message: "key 2 is refused".into()
+            })
+        );
         assert_eq!(kv.observable(), before);
         assert_eq!(kv.completed_rounds(&k(1)), 0);
         assert_eq!(kv.pending_pushes(0, &k(1)), 1);
@@ -1108,10 +1457,14 @@ mod tests {
     #[test]
     fn r7_updater_error_changes_nothing_in_async() {
         let mut kv = store("dist_async", 2);
-        kv.init(&vec![vec![(k(1), full(0.0)), (k(2), full(0.0))]; 2]).unwrap();
+        kv.init(&vec![vec![(k(1), full(0.0)), (k(2), full(0.0))]; 2])
+            .unwrap();
         kv.set_updater(refuse_key_2());
         let before = kv.observable();
-        assert!(matches!(kv.push(1, &[(k(2), full(2.0)), (k(1), full(2.0))]), Err(Error::Updater { .. })));
+        assert!(matches!(
+            kv.push(1, &[(k(2), full(2.0)), (k(1), full(2.0))]),
+            Err(Error::Updater { .. })
+        ));
         assert_eq!(kv.observable(), before);
         kv.push(1, &[(k(1), full(2.0))]).unwrap();
         assert_eq!(stored(&kv, &k(1)), vec![2.0, 2.0]);

@@ -39,7 +39,9 @@ pub enum Error {
     #[error("{keys} keys were given with a single value; give one value (or one list of values) per key")]
     ValuesNotAList { keys: usize },
     /// A single key given a list whose items are themselves lists.
-    #[error("key {key} was given a nested list of values; a single key takes one value or a flat list")]
+    #[error(
+        "key {key} was given a nested list of values; a single key takes one value or a flat list"
+    )]
     NestedValuesForSingleKey { key: Key },
     /// A key given an empty list of values.
     #[error("key {key} was given an empty list of values")]

@@ -48,7 +48,11 @@ impl Optimizer {
     pub fn validate(&self) -> Result<()> {
         let Optimizer::Sgd(p) = self;
         let numbers = [p.learning_rate, p.momentum, p.wd, p.rescale_grad];
-        if let Some(x) = numbers.iter().chain(p.clip_gradient.iter()).find(|x| !x.is_finite()) {
+        if let Some(x) = numbers
+            .iter()
+            .chain(p.clip_gradient.iter())
+            .find(|x| !x.is_finite())
+        {
             return Err(Error::InvalidOptimizer {
                 reason: format!("sgd parameters must be finite, got {x}"),
             });
@@ -109,19 +113,30 @@ impl OptimizerUpdater {
         let saved = SavedStates {
             format: FORMAT.into(),
             version: VERSION,
-            states: self.states.iter().map(|(k, s)| (k.clone(), s.clone())).collect(),
+            states: self
+                .states
+                .iter()
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect(),
             optimizer: dump_optimizer.then(|| self.optimizer.clone()),
         };
-        serde_json::to_vec(&saved).map_err(|e| Error::InvalidState { reason: e.to_string() })
+        serde_json::to_vec(&saved).map_err(|e| Error::InvalidState {
+            reason: e.to_string(),
+        })
     }
 
     /// Replaces the states, and the optimizer when the saved bytes carry one (R47).
     pub fn load(&mut self, bytes: &[u8]) -> Result<()> {
         let saved: SavedStates =
-            serde_json::from_slice(bytes).map_err(|e| Error::InvalidState { reason: e.to_string() })?;
+            serde_json::from_slice(bytes).map_err(|e| Error::InvalidState {
+                reason: e.to_string(),
+            })?;
         if saved.format != FORMAT || saved.version != VERSION {
             return Err(Error::InvalidState {
-                reason: format!("expected {FORMAT} version {VERSION}, found {} version {}", saved.format, saved.version),
+                reason: format!(
+                    "expected {FORMAT} version {VERSION}, found {} version {}",
+                    saved.format, saved.version
+                ),
             });
         }
         if let Some(optimizer) = saved.optimizer {
@@ -146,7 +161,11 @@ impl Updater for OptimizerUpdater {
         };
         if let Some(m) = &state {
             if m.shape() != weight.shape() {
-                let reason = format!("momentum state of shape {:?} for a weight of shape {:?}", m.shape(), weight.shape());
+                let reason = format!(
+                    "momentum state of shape {:?} for a weight of shape {:?}",
+                    m.shape(),
+                    weight.shape()
+                );
                 self.states.insert(key.clone(), state);
                 return Err(UpdateError(reason));
             }
@@ -164,10 +183,26 @@ impl Updater for OptimizerUpdater {
 
 /// One SGD step (R46). Arithmetic runs in f64 for f64 weights and in f32 otherwise, each
 /// operation rounded; only the rows a row_sparse gradient lists are touched (lazy update).
-fn sgd_step(p: &Sgd, weight: &Tensor, momentum: Option<&Tensor>, grad: &Value) -> (Tensor, Option<Tensor>) {
+fn sgd_step(
+    p: &Sgd,
+    weight: &Tensor,
+    momentum: Option<&Tensor>,
+    grad: &Value,
+) -> (Tensor, Option<Tensor>) {
     let dtype = weight.dtype();
-    let r = |x: f64| if dtype == DType::F64 { x } else { DType::F32.round(x) };
-    let (lr, wd, rescale, mu) = (f64::from(p.learning_rate), f64::from(p.wd), f64::from(p.rescale_grad), f64::from(p.momentum));
+    let r = |x: f64| {
+        if dtype == DType::F64 {
+            x
+        } else {
+            DType::F32.round(x)
+        }
+    };
+    let (lr, wd, rescale, mu) = (
+        f64::from(p.learning_rate),
+        f64::from(p.wd),
+        f64::from(p.rescale_grad),
+        f64::from(p.momentum),
+    );
     let decay = r(1.0 - r(lr * wd));
     let mut w = weight.data().to_f64();
     let mut m = momentum.map(|t| t.data().to_f64());
@@ -195,7 +230,10 @@ fn touched(grad: &Value) -> Vec<usize> {
         Value::Dense(t) => (0..t.data().len()).collect(),
         Value::RowSparse(rs) => {
             let row_len = rs.row_len();
-            rs.ids().iter().flat_map(|&id| id as usize * row_len..(id as usize + 1) * row_len).collect()
+            rs.ids()
+                .iter()
+                .flat_map(|&id| id as usize * row_len..(id as usize + 1) * row_len)
+                .collect()
         }
     }
 }

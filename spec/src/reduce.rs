@@ -47,7 +47,9 @@ fn elements(value: &Value) -> Vec<(usize, f64)> {
             r.ids()
                 .iter()
                 .enumerate()
-                .flat_map(|(k, &id)| (0..row_len).map(move |j| (id as usize * row_len + j, k * row_len + j)))
+                .flat_map(|(k, &id)| {
+                    (0..row_len).map(move |j| (id as usize * row_len + j, k * row_len + j))
+                })
                 .map(|(index, at)| (index, data[at]))
                 .collect()
         }
@@ -59,7 +61,11 @@ fn rows_of(shape: &[usize], acc: &[Option<f64>], dtype: DType) -> Result<RowSpar
     let row_len: usize = shape.iter().skip(1).product();
     let mut ids = Vec::new();
     let mut data = Vec::new();
-    for (row, chunk) in acc.chunks(row_len.max(1)).enumerate().filter(|_| row_len > 0) {
+    for (row, chunk) in acc
+        .chunks(row_len.max(1))
+        .enumerate()
+        .filter(|_| row_len > 0)
+    {
         if chunk.iter().any(Option::is_some) {
             ids.push(row as i64);
             data.extend(chunk.iter().map(|a| a.unwrap_or(0.0)));

@@ -28,7 +28,15 @@ pub fn retain(stored: &Value, ids: &[i64], dtype: DType) -> Result<RowSparse> {
     let all = dense.data().to_f64();
     let data: Vec<f64> = ids
         .iter()
-        .flat_map(|&id| all[id as usize * row_len..(id as usize + 1) * row_len].iter().copied())
+        .flat_map(|&id| {
+            all[id as usize * row_len..(id as usize + 1) * row_len]
+                .iter()
+                .copied()
+        })
         .collect();
-    RowSparse::new(stored.shape().to_vec(), ids.to_vec(), Data::from_f64(dtype, &data))
+    RowSparse::new(
+        stored.shape().to_vec(),
+        ids.to_vec(),
+        Data::from_f64(dtype, &data),
+    )
 }

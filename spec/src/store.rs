@@ -103,7 +103,11 @@ impl LocalStore {
     pub fn observable(&self) -> Observable {
         Observable {
             key_type: self.key_type,
-            values: self.entries.iter().map(|(k, e)| (k.clone(), e.value.clone())).collect(),
+            values: self
+                .entries
+                .iter()
+                .map(|(k, e)| (k.clone(), e.value.clone()))
+                .collect(),
             compression: self.compression,
             residuals: self.residuals.clone(),
             optimizer: match &self.updater {
@@ -153,7 +157,9 @@ impl LocalStore {
     }
 
     fn entry(&self, key: &Key) -> Result<&Entry> {
-        self.entries.get(key).ok_or_else(|| Error::NotInitialized { key: key.clone() })
+        self.entries
+            .get(key)
+            .ok_or_else(|| Error::NotInitialized { key: key.clone() })
     }
 
     fn check_shape(&self, key: &Key, value: &Value) -> Result<()> {
@@ -261,7 +267,13 @@ impl LocalStore {
     }
 
     /// Quantises each value with its residual slot and returns what the receiver decodes (R42, R43).
-    fn compress_all(&mut self, c: Compression, key: &Key, dtype: DType, values: &[&Value]) -> Result<Vec<Value>> {
+    fn compress_all(
+        &mut self,
+        c: Compression,
+        key: &Key,
+        dtype: DType,
+        values: &[&Value],
+    ) -> Result<Vec<Value>> {
         let mut seen: BTreeMap<Device, usize> = BTreeMap::new();
         let mut decoded = Vec::with_capacity(values.len());
         for value in values {
@@ -300,7 +312,9 @@ impl LocalStore {
             return Err(self.unsupported("pull with ignore_sparse=false"));
         }
         self.fix_key_type(outs.iter().map(|(k, _)| k))?;
-        outs.iter().map(|(key, out)| self.pull_one(key, out, ignore_sparse)).collect()
+        outs.iter()
+            .map(|(key, out)| self.pull_one(key, out, ignore_sparse))
+            .collect()
     }
 
     fn pull_one(&self, key: &Key, out: &Value, ignore_sparse: bool) -> Result<Value> {
@@ -310,11 +324,19 @@ impl LocalStore {
     /// Fills row_sparse outputs with the requested rows (R30-R33).
     ///
     /// One `row_ids` list serves every output; otherwise there is one list per output.
-    pub fn row_sparse_pull(&mut self, outs: &[(Key, Value)], row_ids: &[Vec<i64>]) -> Result<Vec<Value>> {
+    pub fn row_sparse_pull(
+        &mut self,
+        outs: &[(Key, Value)],
+        row_ids: &[Vec<i64>],
+    ) -> Result<Vec<Value>> {
         self.transact(|s| s.row_sparse_pull_unchecked(outs, row_ids))
     }
 
-    fn row_sparse_pull_unchecked(&mut self, outs: &[(Key, Value)], row_ids: &[Vec<i64>]) -> Result<Vec<Value>> {
+    fn row_sparse_pull_unchecked(
+        &mut self,
+        outs: &[(Key, Value)],
+        row_ids: &[Vec<i64>],
+    ) -> Result<Vec<Value>> {
         if self.is_nccl() {
             return Err(self.unsupported("row_sparse_pull"));
         }
@@ -340,7 +362,11 @@ impl LocalStore {
     }
 
     /// `push` then `pull` into `outs`, as one call (R34).
-    pub fn pushpull(&mut self, pairs: &[(Key, Value)], outs: &[(Key, Value)]) -> Result<Vec<Value>> {
+    pub fn pushpull(
+        &mut self,
+        pairs: &[(Key, Value)],
+        outs: &[(Key, Value)],
+    ) -> Result<Vec<Value>> {
         self.transact(|s| {
             s.push_unchecked(pairs)?;
             s.pull_unchecked(outs, true)
@@ -348,7 +374,11 @@ impl LocalStore {
     }
 
     /// `init` then `pull` into `outs`, as one call (R34).
-    pub fn broadcast(&mut self, pairs: &[(Key, Value)], outs: &[(Key, Value)]) -> Result<Vec<Value>> {
+    pub fn broadcast(
+        &mut self,
+        pairs: &[(Key, Value)],
+        outs: &[(Key, Value)],
+    ) -> Result<Vec<Value>> {
         self.transact(|s| {
             s.init_unchecked(pairs)?;
             s.pull_unchecked(outs, true)
@@ -401,4 +431,3 @@ impl LocalStore {
         }
     }
 }
-

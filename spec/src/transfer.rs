@@ -42,20 +42,32 @@ pub fn row_sparse_output(key: &Key, stored: &Value, out: &Value, ids: &[i64]) ->
     check_shape(key, stored.shape(), out)?;
     let rows = stored.shape().first().copied().unwrap_or(0);
     let ids = sparse::normalize_row_ids(key, ids, rows)?;
-    Ok(Value::RowSparse(sparse::retain(stored, &ids, out.dtype())?.on(out.device())))
+    Ok(Value::RowSparse(
+        sparse::retain(stored, &ids, out.dtype())?.on(out.device()),
+    ))
 }
 
 /// Quantises one pushed value with its residual and returns what the receiver decodes (R42, R43).
 ///
 /// An empty `residual` is a fresh slot and starts at zeros.
-pub fn compress(c: Compression, key: &Key, key_dtype: DType, value: &Value, residual: &mut Vec<f32>) -> Result<Value> {
+pub fn compress(
+    c: Compression,
+    key: &Key,
+    key_dtype: DType,
+    value: &Value,
+    residual: &mut Vec<f32>,
+) -> Result<Value> {
     let grad = match value {
         Value::Dense(t) if t.dtype() == DType::F32 && key_dtype == DType::F32 => t.to_f32(),
         other => {
             return Err(Error::CompressionUnsupportedValue {
                 key: key.clone(),
                 stype: other.stype(),
-                dtype: if other.dtype() == DType::F32 { key_dtype } else { other.dtype() },
+                dtype: if other.dtype() == DType::F32 {
+                    key_dtype
+                } else {
+                    other.dtype()
+                },
             })
         }
     };

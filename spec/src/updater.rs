@@ -104,10 +104,12 @@ impl UpdaterSlot {
             UpdaterSlot::Custom(u) => u.as_mut(),
         };
         let mut next = stored.clone();
-        updater.update(key, merged, &mut next).map_err(|e| Error::Updater {
-            key: key.clone(),
-            message: e.0,
-        })?;
+        updater
+            .update(key, merged, &mut next)
+            .map_err(|e| Error::Updater {
+                key: key.clone(),
+                message: e.0,
+            })?;
         if stored.shape() != next.shape() || stored.dtype() != next.dtype() {
             return Err(Error::Updater {
                 key: key.clone(),

@@ -133,10 +133,22 @@ impl PartialEq for Data {
     /// Bitwise equality.
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Data::F32(a), Data::F32(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
-            (Data::F16(a), Data::F16(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
-            (Data::BF16(a), Data::BF16(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
-            (Data::F64(a), Data::F64(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
+            (Data::F32(a), Data::F32(b)) => a
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits())),
+            (Data::F16(a), Data::F16(b)) => a
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits())),
+            (Data::BF16(a), Data::BF16(b)) => a
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits())),
+            (Data::F64(a), Data::F64(b)) => a
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits())),
             _ => false,
         }
     }
@@ -348,7 +360,11 @@ impl RowSparse {
     /// assert_eq!(r.ids(), &[1, 3]);
     /// # Ok::<(), kvstore_spec::Error>(())
     /// ```
-    pub fn new(shape: impl Into<Vec<usize>>, ids: Vec<i64>, data: impl Into<Data>) -> Result<RowSparse> {
+    pub fn new(
+        shape: impl Into<Vec<usize>>,
+        ids: Vec<i64>,
+        data: impl Into<Data>,
+    ) -> Result<RowSparse> {
         let shape = shape.into();
         let data = data.into();
         let invalid = |reason: String| Error::InvalidRowSparse {
@@ -356,14 +372,21 @@ impl RowSparse {
             reason,
         };
         let Some((&rows, row_shape)) = shape.split_first() else {
-            return Err(invalid("a row_sparse value needs at least one dimension".into()));
+            return Err(invalid(
+                "a row_sparse value needs at least one dimension".into(),
+            ));
         };
         numel(&shape)?;
         if let Some(w) = ids.windows(2).find(|w| w[0] >= w[1]) {
-            return Err(invalid(format!("row ids must be strictly increasing, found {} then {}", w[0], w[1])));
+            return Err(invalid(format!(
+                "row ids must be strictly increasing, found {} then {}",
+                w[0], w[1]
+            )));
         }
         if let Some(&id) = ids.iter().find(|&&id| id < 0 || id as u64 >= rows as u64) {
-            return Err(invalid(format!("row id {id} is out of range for {rows} rows")));
+            return Err(invalid(format!(
+                "row id {id} is out of range for {rows} rows"
+            )));
         }
         let expected = ids.len() * numel(row_shape)?;
         if data.len() != expected {

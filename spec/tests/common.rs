@@ -56,7 +56,10 @@ pub fn rows_of(v: &Value) -> Vec<f32> {
 }
 
 pub fn pull1(kv: &mut LocalStore, key: Key, shape: &[usize]) -> Vec<f32> {
-    kv.pull(&[(key, zeros(shape, DType::F32))], true).unwrap().remove(0).to_f32()
+    kv.pull(&[(key, zeros(shape, DType::F32))], true)
+        .unwrap()
+        .remove(0)
+        .to_f32()
 }
 
 pub fn f16_data(v: &Value) -> Vec<half::f16> {

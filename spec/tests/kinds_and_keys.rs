@@ -10,7 +10,10 @@ use kvstore_spec::{DType, Error, Key, KeyType};
 #[test]
 fn r1_kind_names_are_lower_cased_and_any_name_is_accepted() {
     assert_eq!(Kind::parse("Local").unwrap().name(), "local");
-    assert_eq!(Kind::parse("local_allreduce_cpu").unwrap().name(), "local_allreduce_cpu");
+    assert_eq!(
+        Kind::parse("local_allreduce_cpu").unwrap().name(),
+        "local_allreduce_cpu"
+    );
     let mut kv = store("Foo");
     assert_eq!(kv.kind().name(), "foo");
     kv.init(&[(k(1), full(&[2], 1.0))]).unwrap();
@@ -31,8 +34,14 @@ fn r2_class_follows_substrings() {
     assert!(Kind::parse("dist").unwrap().is_sync());
     assert!(!Kind::parse("dist_async").unwrap().is_sync());
     assert!(Kind::parse("dist_device_sync").unwrap().device_comm());
-    assert!(!Kind::parse("local").unwrap().is_sync(), "only dist kinds run rounds");
-    assert!(matches!(LocalStore::new(Kind::parse("dist_sync").unwrap()), Err(Error::UnsupportedKind { .. })));
+    assert!(
+        !Kind::parse("local").unwrap().is_sync(),
+        "only dist kinds run rounds"
+    );
+    assert!(matches!(
+        LocalStore::new(Kind::parse("dist_sync").unwrap()),
+        Err(Error::UnsupportedKind { .. })
+    ));
 }
 
 #[test]
@@ -47,7 +56,12 @@ fn r3_compression_allowed_only_for_device_or_dist_names() {
     assert!(!allows("nccl_device"));
     let c = kvstore_spec::codec::Compression::from_params([("type", "2bit")]).unwrap();
     let mut kv = store("local");
-    assert_eq!(kv.set_gradient_compression(c), Err(Error::CompressionNotSupported { kind: "local".into() }));
+    assert_eq!(
+        kv.set_gradient_compression(c),
+        Err(Error::CompressionNotSupported {
+            kind: "local".into()
+        })
+    );
     assert!(store("device").set_gradient_compression(c).is_ok());
 }
 
@@ -55,13 +69,21 @@ fn r3_compression_allowed_only_for_device_or_dist_names() {
 fn r4_only_the_optimizer_capability_is_known() {
     let kind = Kind::parse("local").unwrap();
     assert_eq!(kind.is_capable("optimizer"), Ok(true));
-    assert_eq!(kind.is_capable("flying"), Err(Error::UnknownCapability { name: "flying".into() }));
+    assert_eq!(
+        kind.is_capable("flying"),
+        Err(Error::UnknownCapability {
+            name: "flying".into()
+        })
+    );
 }
 
 #[test]
 fn r6_python_only_stores_are_unsupported() {
     for name in ["teststore", "Horovod", "byteps"] {
-        assert!(matches!(Kind::parse(name), Err(Error::UnsupportedKind { .. })), "{name}");
+        assert!(
+            matches!(Kind::parse(name), Err(Error::UnsupportedKind { .. })),
+            "{name}"
+        );
     }
 }
 
@@ -90,7 +112,10 @@ fn r8_an_empty_call_fixes_nothing() {
     kv.init(&[]).unwrap();
     kv.push(&[]).unwrap();
     kv.init(&[(s("a"), full(&[1], 1.0))]).unwrap();
-    assert!(matches!(kv.init(&[(k(1), full(&[1], 1.0))]), Err(Error::KeyTypeMismatch { .. })));
+    assert!(matches!(
+        kv.init(&[(k(1), full(&[1], 1.0))]),
+        Err(Error::KeyTypeMismatch { .. })
+    ));
 }
 
 #[test]
@@ -99,26 +124,41 @@ fn r8_pull_and_push_fix_the_key_type_too() {
     kv.init(&[(s("a"), full(&[1], 1.0))]).unwrap();
     for result in [
         kv.push(&[(k(1), full(&[1], 1.0))]),
-        kv.pull(&[(k(1), zeros(&[1], DType::F32))], true).map(|_| ()),
-        kv.row_sparse_pull(&[(k(1), rsp_out(&[1]))], &[vec![0]]).map(|_| ()),
+        kv.pull(&[(k(1), zeros(&[1], DType::F32))], true)
+            .map(|_| ()),
+        kv.row_sparse_pull(&[(k(1), rsp_out(&[1]))], &[vec![0]])
+            .map(|_| ()),
     ] {
-        assert!(matches!(result, Err(Error::KeyTypeMismatch { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(Error::KeyTypeMismatch { .. })),
+            "{result:?}"
+        );
     }
 }
 
 #[test]
 fn r9_wide_integers_are_out_of_range_keys() {
     assert_eq!(Key::try_from(5u64), Ok(Key::Int(5)));
-    assert!(matches!(Key::try_from(u64::MAX), Err(Error::KeyOutOfRange { .. })));
-    assert!(matches!(Key::try_from(i128::from(i64::MAX) + 1), Err(Error::KeyOutOfRange { .. })));
+    assert!(matches!(
+        Key::try_from(u64::MAX),
+        Err(Error::KeyOutOfRange { .. })
+    ));
+    assert!(matches!(
+        Key::try_from(i128::from(i64::MAX) + 1),
+        Err(Error::KeyOutOfRange { .. })
+    ));
     assert_eq!(Key::try_from(i128::from(i64::MIN)), Ok(Key::Int(i64::MIN)));
 }
 
 #[test]
 fn r9_negative_and_extreme_int_keys_work() {
     let mut kv = store("local");
-    kv.init(&[(k(-7), full(&[1], 1.0)), (k(i64::MAX), full(&[1], 2.0)), (k(i64::MIN), full(&[1], 3.0))])
-        .unwrap();
+    kv.init(&[
+        (k(-7), full(&[1], 1.0)),
+        (k(i64::MAX), full(&[1], 2.0)),
+        (k(i64::MIN), full(&[1], 3.0)),
+    ])
+    .unwrap();
     assert_eq!(pull1(&mut kv, k(-7), &[1]), vec![1.0]);
     assert_eq!(pull1(&mut kv, k(i64::MAX), &[1]), vec![2.0]);
     assert_eq!(pull1(&mut kv, k(i64::MIN), &[1]), vec![3.0]);
@@ -142,13 +182,23 @@ fn r13_duplicate_init_is_an_error_and_stores_nothing() {
         kv.init(&[(k(5), full(&[1], 1.0)), (k(5), full(&[1], 2.0))]),
         Err(Error::DuplicateInit { key: k(5) })
     );
-    assert_eq!(kv.value(&k(5)), None, "MXNet keeps the first 5; kvstore keeps nothing");
+    assert_eq!(
+        kv.value(&k(5)),
+        None,
+        "MXNet keeps the first 5; kvstore keeps nothing"
+    );
     kv.init(&[(k(5), full(&[1], 1.0))]).unwrap();
-    assert_eq!(kv.init(&[(k(5), full(&[1], 2.0))]), Err(Error::DuplicateInit { key: k(5) }));
+    assert_eq!(
+        kv.init(&[(k(5), full(&[1], 2.0))]),
+        Err(Error::DuplicateInit { key: k(5) })
+    );
     assert_eq!(pull1(&mut kv, k(5), &[1]), vec![1.0]);
     let mut kv = store("local");
     kv.init(&[(s("w"), full(&[1], 1.0))]).unwrap();
-    assert_eq!(kv.init(&[(s("w"), full(&[1], 1.0))]), Err(Error::DuplicateInit { key: s("w") }));
+    assert_eq!(
+        kv.init(&[(s("w"), full(&[1], 1.0))]),
+        Err(Error::DuplicateInit { key: s("w") })
+    );
 }
 
 #[test]
@@ -156,10 +206,19 @@ fn r14_unknown_keys_are_errors_without_poisoning() {
     for key in [k(9), s("nine")] {
         let mut kv = store("device");
         let out = zeros(&[2], DType::F32);
-        assert_eq!(kv.pull(&[(key.clone(), out.clone())], true), Err(Error::NotInitialized { key: key.clone() }));
-        assert_eq!(kv.push(&[(key.clone(), full(&[2], 1.0))]), Err(Error::NotInitialized { key: key.clone() }));
         assert_eq!(
-            kv.push(&[(key.clone(), full(&[2], 1.0)), (key.clone(), full(&[2], 1.0))]),
+            kv.pull(&[(key.clone(), out.clone())], true),
+            Err(Error::NotInitialized { key: key.clone() })
+        );
+        assert_eq!(
+            kv.push(&[(key.clone(), full(&[2], 1.0))]),
+            Err(Error::NotInitialized { key: key.clone() })
+        );
+        assert_eq!(
+            kv.push(&[
+                (key.clone(), full(&[2], 1.0)),
+                (key.clone(), full(&[2], 1.0))
+            ]),
             Err(Error::NotInitialized { key: key.clone() }),
             "MXNet crashes here on a local store"
         );

@@ -29,13 +29,28 @@ fn r45_set_optimizer_docstring_example() {
 fn r45_parameters_must_be_finite_and_clip_non_negative() {
     let mut kv = store("local");
     for bad in [
-        Sgd { learning_rate: f32::NAN, ..Sgd::default() },
-        Sgd { momentum: f32::INFINITY, ..Sgd::default() },
-        Sgd { clip_gradient: Some(-1.0), ..Sgd::default() },
+        Sgd {
+            learning_rate: f32::NAN,
+            ..Sgd::default()
+        },
+        Sgd {
+            momentum: f32::INFINITY,
+            ..Sgd::default()
+        },
+        Sgd {
+            clip_gradient: Some(-1.0),
+            ..Sgd::default()
+        },
     ] {
-        assert!(matches!(kv.set_optimizer(sgd(bad)), Err(Error::InvalidOptimizer { .. })));
+        assert!(matches!(
+            kv.set_optimizer(sgd(bad)),
+            Err(Error::InvalidOptimizer { .. })
+        ));
     }
-    assert!(!kv.observable().has_updater, "a refused optimizer installs nothing");
+    assert!(
+        !kv.observable().has_updater,
+        "a refused optimizer installs nothing"
+    );
 }
 
 #[test]
@@ -57,7 +72,10 @@ fn r46_sgd_with_weight_decay_and_clipping_follows_the_kernel() {
         .map(|(&w, g)| (1.0 - 0.1f32 * 0.01) * w - 0.1f32 * (0.5f32 * g).clamp(-0.75, 0.75))
         .collect();
     let got = pull1(&mut kv, k(3), &[3]);
-    assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), expected.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        expected.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -76,7 +94,11 @@ fn r46_momentum_state_example_and_r47_save_load_restores_it() {
     assert_eq!(pull1(&mut kv, k(3), &[1]), vec![-2.5]);
     kv.load_optimizer_states(&saved).unwrap();
     push(&mut kv);
-    assert_eq!(pull1(&mut kv, k(3), &[1]), vec![-4.0], "momentum restored to its post-step-1 value");
+    assert_eq!(
+        pull1(&mut kv, k(3), &[1]),
+        vec![-4.0],
+        "momentum restored to its post-step-1 value"
+    );
 }
 
 #[test]
@@ -94,16 +116,34 @@ fn r46_a_row_sparse_gradient_updates_only_its_rows() {
 
 #[test]
 fn r47_dump_optimizer_saves_and_restores_the_optimizer_too() {
-    let mut kv = sgd_store(Sgd { learning_rate: 1.0, ..Sgd::default() }, zeros(&[1], DType::F32));
+    let mut kv = sgd_store(
+        Sgd {
+            learning_rate: 1.0,
+            ..Sgd::default()
+        },
+        zeros(&[1], DType::F32),
+    );
     let with_optimizer = kv.save_optimizer_states(true).unwrap();
     let states_only = kv.save_optimizer_states(false).unwrap();
-    kv.set_optimizer(sgd(Sgd { learning_rate: 2.0, ..Sgd::default() })).unwrap();
+    kv.set_optimizer(sgd(Sgd {
+        learning_rate: 2.0,
+        ..Sgd::default()
+    }))
+    .unwrap();
     kv.load_optimizer_states(&states_only).unwrap();
     kv.push(&[(k(3), full(&[1], 1.0))]).unwrap();
-    assert_eq!(pull1(&mut kv, k(3), &[1]), vec![-2.0], "states only: the optimizer stays");
+    assert_eq!(
+        pull1(&mut kv, k(3), &[1]),
+        vec![-2.0],
+        "states only: the optimizer stays"
+    );
     kv.load_optimizer_states(&with_optimizer).unwrap();
     kv.push(&[(k(3), full(&[1], 1.0))]).unwrap();
-    assert_eq!(pull1(&mut kv, k(3), &[1]), vec![-3.0], "the dumped optimizer (lr 1) is back");
+    assert_eq!(
+        pull1(&mut kv, k(3), &[1]),
+        vec![-3.0],
+        "the dumped optimizer (lr 1) is back"
+    );
 }
 
 #[test]
@@ -112,11 +152,21 @@ fn r47_states_need_an_optimizer_and_readable_bytes() {
     assert_eq!(kv.save_optimizer_states(false), Err(Error::NoOptimizer));
     assert_eq!(kv.load_optimizer_states(b"{}"), Err(Error::NoOptimizer));
     kv.set_updater(Box::new(|_: &Key, _: &Value, _: &mut Value| Ok(())));
-    assert_eq!(kv.save_optimizer_states(false), Err(Error::NoOptimizer), "a custom updater has no states");
+    assert_eq!(
+        kv.save_optimizer_states(false),
+        Err(Error::NoOptimizer),
+        "a custom updater has no states"
+    );
     let mut kv = sgd_store(Sgd::default(), zeros(&[1], DType::F32));
     let before = kv.observable();
-    for garbage in [&b"not json"[..], br#"{"format":"other","version":1,"states":[],"optimizer":null}"#] {
-        assert!(matches!(kv.load_optimizer_states(garbage), Err(Error::InvalidState { .. })));
+    for garbage in [
+        &b"not json"[..],
+        br#"{"format":"other","version":1,"states":[],"optimizer":null}"#,
+    ] {
+        assert!(matches!(
+            kv.load_optimizer_states(garbage),
+            Err(Error::InvalidState { .. })
+        ));
     }
     assert_eq!(kv.observable(), before);
 }

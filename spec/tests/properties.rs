@@ -12,7 +12,12 @@ use proptest::prelude::*;
 const SHAPES: [&[usize]; 3] = [&[2], &[3, 2], &[4, 1]];
 
 fn small_f32() -> impl Strategy<Value = f32> {
-    prop_oneof![Just(0.0f32), Just(-0.0f32), -4.0f32..4.0, (-8i32..8).prop_map(|x| x as f32 * 0.25)]
+    prop_oneof![
+        Just(0.0f32),
+        Just(-0.0f32),
+        -4.0f32..4.0,
+        (-8i32..8).prop_map(|x| x as f32 * 0.25)
+    ]
 }
 
 /// A value that is sometimes of the wrong shape, dtype or storage type.
@@ -20,18 +25,39 @@ fn value() -> impl Strategy<Value = Value> {
     let shape = prop::sample::select(SHAPES.to_vec());
     let dtype = prop::sample::select(vec![DType::F32, DType::F32, DType::F16, DType::F64]);
     let device = prop_oneof![(0u32..3).prop_map(Device::Cpu), Just(Device::Gpu(0))];
-    (shape, dtype, device, any::<bool>(), prop::collection::vec(small_f32(), 8), prop::collection::btree_set(0i64..4, 0..4))
+    (
+        shape,
+        dtype,
+        device,
+        any::<bool>(),
+        prop::collection::vec(small_f32(), 8),
+        prop::collection::btree_set(0i64..4, 0..4),
+    )
         .prop_map(|(shape, dtype, device, sparse, xs, ids)| {
             let row_len: usize = shape.iter().skip(1).product();
             let rows = shape[0] as i64;
             let ids: Vec<i64> = ids.into_iter().filter(|&i| i < rows).collect();
-            let as_f64 = |n: usize| xs.iter().cycle().take(n).map(|&x| f64::from(x)).collect::<Vec<_>>();
+            let as_f64 = |n: usize| {
+                xs.iter()
+                    .cycle()
+                    .take(n)
+                    .map(|&x| f64::from(x))
+                    .collect::<Vec<_>>()
+            };
             if sparse {
                 let data = Data::from_f64(dtype, &as_f64(ids.len() * row_len));
-                Value::RowSparse(RowSparse::new(shape.to_vec(), ids, data).unwrap().on(device))
+                Value::RowSparse(
+                    RowSparse::new(shape.to_vec(), ids, data)
+                        .unwrap()
+                        .on(device),
+                )
             } else {
                 let n = shape.iter().product();
-                Value::Dense(Tensor::new(shape.to_vec(), Data::from_f64(dtype, &as_f64(n))).unwrap().on(device))
+                Value::Dense(
+                    Tensor::new(shape.to_vec(), Data::from_f64(dtype, &as_f64(n)))
+                        .unwrap()
+                        .on(device),
+                )
             }
         })
 }
@@ -88,7 +114,11 @@ fn run(kv: &mut LocalStore, op: &Op) -> bool {
             Err(_) => true,
         },
         Op::Optimizer(lr, m) => kv
-            .set_optimizer(Optimizer::Sgd(Sgd { learning_rate: *lr, momentum: *m, ..Sgd::default() }))
+            .set_optimizer(Optimizer::Sgd(Sgd {
+                learning_rate: *lr,
+                momentum: *m,
+                ..Sgd::default()
+            }))
             .is_err(),
         Op::FailingUpdater => {
             kv.set_updater(Box::new(|key: &Key, _: &Value, _: &mut Value| match key {
@@ -181,10 +211,17 @@ fn r7_random_ops_both_succeed_and_fail() {
     let mut runner = TestRunner::deterministic();
     let mut outcomes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for _ in 0..300 {
-        let ops = prop::collection::vec(op(), 1..24).new_tree(&mut runner).unwrap().current();
+        let ops = prop::collection::vec(op(), 1..24)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
         let mut kv = store("device");
         for op in &ops {
-            let name = format!("{op:?}").split(['(', ' ']).next().unwrap_or_default().to_string();
+            let name = format!("{op:?}")
+                .split(['(', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_string();
             let entry = outcomes.entry(name).or_default();
             if run(&mut kv, op) {
                 entry.1 += 1;
@@ -196,7 +233,10 @@ fn r7_random_ops_both_succeed_and_fail() {
     println!("op: (succeeded, failed) = {outcomes:?}");
     for (name, (ok, failed)) in &outcomes {
         if name != "FailingUpdater" {
-            assert!(*ok > 0 && *failed > 0, "{name}: {ok} succeeded, {failed} failed");
+            assert!(
+                *ok > 0 && *failed > 0,
+                "{name}: {ok} succeeded, {failed} failed"
+            );
         }
     }
     assert_eq!(outcomes.len(), 10);

@@ -14,20 +14,45 @@ fn r35_data_must_match_the_shape() {
             found: 5
         })
     );
-    assert!(Tensor::new(Vec::<usize>::new(), vec![1.0f32]).is_ok(), "a scalar has one element");
-    assert!(matches!(Tensor::zeros([usize::MAX, 2], DType::F32), Err(Error::InvalidShape { .. })));
+    assert!(
+        Tensor::new(Vec::<usize>::new(), vec![1.0f32]).is_ok(),
+        "a scalar has one element"
+    );
+    assert!(matches!(
+        Tensor::zeros([usize::MAX, 2], DType::F32),
+        Err(Error::InvalidShape { .. })
+    ));
 }
 
 #[test]
 fn r35_row_sparse_ids_must_be_increasing_and_in_range() {
-    let bad = |shape: Vec<usize>, ids: Vec<i64>, n: usize| RowSparse::new(shape, ids, vec![0.0f32; n]);
+    let bad =
+        |shape: Vec<usize>, ids: Vec<i64>, n: usize| RowSparse::new(shape, ids, vec![0.0f32; n]);
     assert!(bad(vec![4, 2], vec![1, 3], 4).is_ok());
-    assert!(matches!(bad(vec![4, 2], vec![3, 1], 4), Err(Error::InvalidRowSparse { .. })));
-    assert!(matches!(bad(vec![4, 2], vec![1, 1], 4), Err(Error::InvalidRowSparse { .. })));
-    assert!(matches!(bad(vec![4, 2], vec![4], 2), Err(Error::InvalidRowSparse { .. })));
-    assert!(matches!(bad(vec![4, 2], vec![-1], 2), Err(Error::InvalidRowSparse { .. })));
-    assert!(matches!(bad(vec![4, 2], vec![1], 3), Err(Error::InvalidRowSparse { .. })));
-    assert!(matches!(bad(vec![], vec![], 0), Err(Error::InvalidRowSparse { .. })));
+    assert!(matches!(
+        bad(vec![4, 2], vec![3, 1], 4),
+        Err(Error::InvalidRowSparse { .. })
+    ));
+    assert!(matches!(
+        bad(vec![4, 2], vec![1, 1], 4),
+        Err(Error::InvalidRowSparse { .. })
+    ));
+    assert!(matches!(
+        bad(vec![4, 2], vec![4], 2),
+        Err(Error::InvalidRowSparse { .. })
+    ));
+    assert!(matches!(
+        bad(vec![4, 2], vec![-1], 2),
+        Err(Error::InvalidRowSparse { .. })
+    ));
+    assert!(matches!(
+        bad(vec![4, 2], vec![1], 3),
+        Err(Error::InvalidRowSparse { .. })
+    ));
+    assert!(matches!(
+        bad(vec![], vec![], 0),
+        Err(Error::InvalidRowSparse { .. })
+    ));
 }
 
 #[test]
@@ -49,10 +74,24 @@ fn r35_data_equality_is_bitwise() {
 #[test]
 fn r36_casts_round_to_nearest_even() {
     let t = Tensor::new([3], vec![1.5f32, 0.1, 65520.0]).unwrap();
-    let Data::F16(h) = t.cast(DType::F16).data().clone() else { panic!() };
-    assert_eq!(h, vec![f16::from_f32(1.5), f16::from_f32(0.1), f16::INFINITY]);
-    let Data::BF16(b) = t.cast(DType::BF16).data().clone() else { panic!() };
-    assert_eq!(b, vec![bf16::from_f32(1.5), bf16::from_f32(0.1), bf16::from_f32(65520.0)]);
+    let Data::F16(h) = t.cast(DType::F16).data().clone() else {
+        panic!()
+    };
+    assert_eq!(
+        h,
+        vec![f16::from_f32(1.5), f16::from_f32(0.1), f16::INFINITY]
+    );
+    let Data::BF16(b) = t.cast(DType::BF16).data().clone() else {
+        panic!()
+    };
+    assert_eq!(
+        b,
+        vec![
+            bf16::from_f32(1.5),
+            bf16::from_f32(0.1),
+            bf16::from_f32(65520.0)
+        ]
+    );
 }
 
 #[test]
@@ -61,8 +100,13 @@ fn r36_f64_to_half_rounds_through_f32() {
     // lands exactly on the midpoint, which then rounds to even (1.0), as MXNet's CPU cast does.
     let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
     let t = Tensor::new([1], vec![x]).unwrap();
-    let Data::F16(h) = t.cast(DType::F16).data().clone() else { panic!() };
+    let Data::F16(h) = t.cast(DType::F16).data().clone() else {
+        panic!()
+    };
     assert_eq!(h, vec![f16::from_f32(1.0)]);
     let correctly_rounded = f16::from_f32(1.0 + 2f32.powi(-10));
-    assert_ne!(h[0], correctly_rounded, "a single rounding of x would give 1 + 2^-10");
+    assert_ne!(
+        h[0], correctly_rounded,
+        "a single rounding of x would give 1 + 2^-10"
+    );
 }

@@ -97,7 +97,9 @@ macro_rules! values_from {
                         .into_iter()
                         .map(|item| match item {
                             Item::One(x) => Item::One(x.$conv()),
-                            Item::Group(g) => Item::Group(g.into_iter().map(|x| x.$conv()).collect()),
+                            Item::Group(g) => {
+                                Item::Group(g.into_iter().map(|x| x.$conv()).collect())
+                            }
                         })
                         .collect(),
                 )

@@ -32,7 +32,9 @@ pub use array::NdArray;
 pub use kvstore_spec::codec::{Compression, CompressionType};
 pub use kvstore_spec::optimizer::{Optimizer, Sgd};
 pub use kvstore_spec::updater::{UpdateError, Updater};
-pub use kvstore_spec::{DType, Data, Device, Error, Key, KeyType, Result, RowSparse, StorageType, Tensor, Value};
+pub use kvstore_spec::{
+    DType, Data, Device, Error, Key, KeyType, Result, RowSparse, StorageType, Tensor, Value,
+};
 pub use normalize::{normalize, IntoKey, Item, Keys, Values};
 pub use store::{create, KvStore, PullOptions};
 

@@ -94,7 +94,9 @@ pub fn normalize<T>(keys: Keys, values: Values<T>) -> Result<Vec<(Key, T)>> {
     let pairs = match (keys, values) {
         (Keys::One(key), Values::One(value)) => vec![(key, value)],
         (Keys::One(key), Values::List(items)) => repeat_key(key, items)?,
-        (Keys::List(keys), Values::One(_)) => return Err(Error::ValuesNotAList { keys: keys.len() }),
+        (Keys::List(keys), Values::One(_)) => {
+            return Err(Error::ValuesNotAList { keys: keys.len() })
+        }
         (Keys::List(keys), Values::List(items)) => zip_lists(keys, items)?,
     };
     check_one_key_type(&pairs)?;

@@ -127,7 +127,12 @@ impl KvStore {
     }
 
     /// [`KvStore::push`] with a scheduling priority (R24).
-    pub fn push_with_priority(&self, keys: impl Into<Keys>, values: impl Into<Inputs>, _priority: i32) -> Result<()> {
+    pub fn push_with_priority(
+        &self,
+        keys: impl Into<Keys>,
+        values: impl Into<Inputs>,
+        _priority: i32,
+    ) -> Result<()> {
         let pairs = normalize(keys.into(), values.into())?;
         self.store().push(&pairs)
     }
@@ -138,7 +143,12 @@ impl KvStore {
     }
 
     /// [`KvStore::pull`] with options.
-    pub fn pull_with(&self, keys: impl Into<Keys>, outs: impl Into<Outputs>, options: PullOptions) -> Result<()> {
+    pub fn pull_with(
+        &self,
+        keys: impl Into<Keys>,
+        outs: impl Into<Outputs>,
+        options: PullOptions,
+    ) -> Result<()> {
         let outs = normalize(keys.into(), outs.into())?;
         let values = self.store().pull(&snapshot(&outs), options.ignore_sparse)?;
         write_back(&outs, values);
@@ -146,7 +156,12 @@ impl KvStore {
     }
 
     /// Pulls only the rows `row_ids` into row_sparse outputs (R30-R33).
-    pub fn row_sparse_pull(&self, keys: impl Into<Keys>, outs: impl Into<Outputs>, row_ids: impl Into<RowIds>) -> Result<()> {
+    pub fn row_sparse_pull(
+        &self,
+        keys: impl Into<Keys>,
+        outs: impl Into<Outputs>,
+        row_ids: impl Into<RowIds>,
+    ) -> Result<()> {
         self.row_sparse_pull_with_priority(keys, outs, row_ids, 0)
     }
 
@@ -159,14 +174,21 @@ impl KvStore {
         _priority: i32,
     ) -> Result<()> {
         let outs = normalize(keys.into(), outs.into())?;
-        let values = self.store().row_sparse_pull(&snapshot(&outs), &row_ids.into().0)?;
+        let values = self
+            .store()
+            .row_sparse_pull(&snapshot(&outs), &row_ids.into().0)?;
         write_back(&outs, values);
         Ok(())
     }
 
     /// Pushes `values`, then pulls into `outs`, as one call (R34). Pass the value handles as
     /// `outs` to update them in place.
-    pub fn pushpull(&self, keys: impl Into<Keys>, values: impl Into<Inputs>, outs: impl Into<Outputs>) -> Result<()> {
+    pub fn pushpull(
+        &self,
+        keys: impl Into<Keys>,
+        values: impl Into<Inputs>,
+        outs: impl Into<Outputs>,
+    ) -> Result<()> {
         let keys = keys.into();
         let pairs = normalize(keys.clone(), values.into())?;
         let outs = normalize(keys, outs.into())?;
@@ -176,7 +198,12 @@ impl KvStore {
     }
 
     /// Initialises keys with `values`, then pulls them into `outs`, as one call (R34).
-    pub fn broadcast(&self, keys: impl Into<Keys>, values: impl Into<Inputs>, outs: impl Into<Outputs>) -> Result<()> {
+    pub fn broadcast(
+        &self,
+        keys: impl Into<Keys>,
+        values: impl Into<Inputs>,
+        outs: impl Into<Outputs>,
+    ) -> Result<()> {
         let keys = keys.into();
         let pairs = normalize(keys.clone(), values.into())?;
         let outs = normalize(keys, outs.into())?;
@@ -226,7 +253,11 @@ impl KvStore {
     }
 
     /// Writes the optimizer states (and the optimizer when `dump_optimizer`) to `path` (R47).
-    pub fn save_optimizer_states(&self, path: impl AsRef<Path>, dump_optimizer: bool) -> Result<()> {
+    pub fn save_optimizer_states(
+        &self,
+        path: impl AsRef<Path>,
+        dump_optimizer: bool,
+    ) -> Result<()> {
         let bytes = self.store().save_optimizer_states(dump_optimizer)?;
         std::fs::write(path.as_ref(), bytes).map_err(|e| io_error(path.as_ref(), &e))
     }

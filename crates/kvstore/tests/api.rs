@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use kvstore::{
-    create, normalize, DType, Device, Error, Item, Key, KeyType, Keys, KvStore, NdArray, PullOptions, RowSparse,
-    Tensor, Values,
+    create, normalize, DType, Device, Error, Item, Key, KeyType, Keys, KvStore, NdArray,
+    PullOptions, RowSparse, Tensor, Values,
 };
 use proptest::prelude::*;
 
@@ -32,7 +32,10 @@ fn r5_single_process_rank_workers_barrier_and_commands() {
 
 #[test]
 fn r2_distributed_kinds_are_refused_until_the_runtime_exists() {
-    assert!(matches!(create("dist_sync"), Err(Error::UnsupportedKind { .. })));
+    assert!(matches!(
+        create("dist_sync"),
+        Err(Error::UnsupportedKind { .. })
+    ));
 }
 
 #[test]
@@ -48,7 +51,14 @@ fn r10_one_key_one_value() {
 fn r10_one_key_several_devices() {
     let kv = local();
     kv.init("w", t(&[2], 0.0)).unwrap();
-    kv.push("w", vec![t(&[2], 1.0).on(Device::Cpu(0)), t(&[2], 2.0).on(Device::Cpu(1))]).unwrap();
+    kv.push(
+        "w",
+        vec![
+            t(&[2], 1.0).on(Device::Cpu(0)),
+            t(&[2], 2.0).on(Device::Cpu(1)),
+        ],
+    )
+    .unwrap();
     let outs = [out(&[2]), out(&[2]).on(Device::Cpu(1))];
     kv.pull("w", &outs[..]).unwrap();
     assert!(outs.iter().all(|o| o.to_f32() == vec![3.0, 3.0]));
@@ -58,10 +68,14 @@ fn r10_one_key_several_devices() {
 #[test]
 fn r10_key_list_with_values_and_groups_mixed() {
     let kv = local();
-    kv.init(vec![1, 2], vec![t(&[1], 0.0), t(&[1], 0.0)]).unwrap();
+    kv.init(vec![1, 2], vec![t(&[1], 0.0), t(&[1], 0.0)])
+        .unwrap();
     kv.push(
         vec![1, 2],
-        vec![Item::One(t(&[1], 1.0)), Item::Group(vec![t(&[1], 2.0), t(&[1], 3.0)])],
+        vec![
+            Item::One(t(&[1], 1.0)),
+            Item::Group(vec![t(&[1], 2.0), t(&[1], 3.0)]),
+        ],
     )
     .unwrap();
     let (a, b) = (out(&[1]), out(&[1]));
@@ -80,13 +94,22 @@ fn r10_empty_lists_do_nothing() {
 #[test]
 fn r11_bad_argument_shapes_are_typed_errors() {
     let kv = local();
-    assert_eq!(kv.init(vec![1, 2], vec![t(&[1], 0.0)]), Err(Error::LengthMismatch { keys: 2, values: 1 }));
-    assert_eq!(kv.init(vec![1, 2], t(&[2], 0.0)), Err(Error::ValuesNotAList { keys: 2 }));
+    assert_eq!(
+        kv.init(vec![1, 2], vec![t(&[1], 0.0)]),
+        Err(Error::LengthMismatch { keys: 2, values: 1 })
+    );
+    assert_eq!(
+        kv.init(vec![1, 2], t(&[2], 0.0)),
+        Err(Error::ValuesNotAList { keys: 2 })
+    );
     assert_eq!(
         kv.init(1, vec![vec![t(&[1], 0.0)]]),
         Err(Error::NestedValuesForSingleKey { key: Key::Int(1) })
     );
-    assert_eq!(kv.init(1, Vec::<Tensor>::new()), Err(Error::EmptyValueList { key: Key::Int(1) }));
+    assert_eq!(
+        kv.init(1, Vec::<Tensor>::new()),
+        Err(Error::EmptyValueList { key: Key::Int(1) })
+    );
     assert_eq!(
         kv.init(vec![1, 2], vec![vec![t(&[1], 0.0)], vec![]]),
         Err(Error::EmptyValueList { key: Key::Int(2) })
@@ -127,7 +150,11 @@ fn r20_push_copies_and_pull_never_writes_into_pushed_arrays() {
     g.set(t(&[2], 7.0));
     let o = out(&[2]);
     kv.pull(1, &o).unwrap();
-    assert_eq!(o.to_f32(), vec![5.0, 5.0], "MXNet returns 7s here: the slot aliases the gradient");
+    assert_eq!(
+        o.to_f32(),
+        vec![5.0, 5.0],
+        "MXNet returns 7s here: the slot aliases the gradient"
+    );
     assert_eq!(g.to_f32(), vec![7.0, 7.0]);
 }
 
@@ -138,10 +165,19 @@ fn r24_priority_changes_no_value() {
         kv.init(1, t(&[2], 0.0)).unwrap();
     }
     a.push(1, vec![t(&[2], 0.1), t(&[2], 0.2)]).unwrap();
-    b.push_with_priority(1, vec![t(&[2], 0.1), t(&[2], 0.2)], -7).unwrap();
+    b.push_with_priority(1, vec![t(&[2], 0.1), t(&[2], 0.2)], -7)
+        .unwrap();
     let (oa, ob) = (out(&[2]), out(&[2]));
     a.pull(1, &oa).unwrap();
-    b.pull_with(1, &ob, PullOptions { priority: 3, ..PullOptions::default() }).unwrap();
+    b.pull_with(
+        1,
+        &ob,
+        PullOptions {
+            priority: 3,
+            ..PullOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(oa.value(), ob.value());
 }
 
@@ -150,17 +186,34 @@ fn r7_a_failing_pull_writes_no_output() {
     let kv = local();
     kv.init(1, t(&[2], 4.0)).unwrap();
     let (a, b) = (out(&[2]), out(&[2]));
-    assert_eq!(kv.pull(vec![1, 2], vec![&a, &b]), Err(Error::NotInitialized { key: Key::Int(2) }));
-    assert_eq!(a.to_f32(), vec![0.0, 0.0], "key 1's output was not written either");
+    assert_eq!(
+        kv.pull(vec![1, 2], vec![&a, &b]),
+        Err(Error::NotInitialized { key: Key::Int(2) })
+    );
+    assert_eq!(
+        a.to_f32(),
+        vec![0.0, 0.0],
+        "key 1's output was not written either"
+    );
 }
 
 #[test]
 fn r32_a_bad_row_id_writes_no_output() {
     let kv = local();
-    kv.init(1, RowSparse::new([3, 1], vec![0, 2], vec![1.0f32, 2.0]).unwrap()).unwrap();
+    kv.init(
+        1,
+        RowSparse::new([3, 1], vec![0, 2], vec![1.0f32, 2.0]).unwrap(),
+    )
+    .unwrap();
     let o = NdArray::row_sparse([3, 1], DType::F32).unwrap();
-    assert!(matches!(kv.row_sparse_pull(1, &o, vec![0, 3]), Err(Error::RowIdOutOfRange { id: 3, .. })));
-    assert_eq!(o.value(), RowSparse::empty([3, 1], DType::F32).unwrap().into());
+    assert!(matches!(
+        kv.row_sparse_pull(1, &o, vec![0, 3]),
+        Err(Error::RowIdOutOfRange { id: 3, .. })
+    ));
+    assert_eq!(
+        o.value(),
+        RowSparse::empty([3, 1], DType::F32).unwrap().into()
+    );
     kv.row_sparse_pull(1, &o, vec![2, 0, 2]).unwrap();
     assert_eq!(o.to_f32(), vec![1.0, 0.0, 2.0]);
 }
@@ -178,15 +231,21 @@ fn r34_pushpull_in_place_through_the_value_handles() {
 fn r47_state_files_round_trip_and_io_errors_are_typed() {
     let kv = local();
     kv.init(1, t(&[1], 0.0)).unwrap();
-    kv.set_optimizer(kvstore::Optimizer::Sgd(kvstore::Sgd { momentum: 0.9, ..kvstore::Sgd::default() }))
-        .unwrap();
+    kv.set_optimizer(kvstore::Optimizer::Sgd(kvstore::Sgd {
+        momentum: 0.9,
+        ..kvstore::Sgd::default()
+    }))
+    .unwrap();
     kv.push(1, t(&[1], 1.0)).unwrap();
     let dir = std::env::temp_dir().join(format!("kvstore-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("states.json");
     kv.save_optimizer_states(&path, true).unwrap();
     kv.load_optimizer_states(&path).unwrap();
-    assert!(matches!(kv.load_optimizer_states(dir.join("missing.json")), Err(Error::Io { .. })));
+    assert!(matches!(
+        kv.load_optimizer_states(dir.join("missing.json")),
+        Err(Error::Io { .. })
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -205,7 +264,11 @@ fn kv_store_is_send_and_sync_and_shared_across_threads() {
                     kv.push(i, t(&[1], step as f32)).unwrap();
                     let o = out(&[1]);
                     kv.pull(i, &o).unwrap();
-                    assert_eq!(o.to_f32(), vec![step as f32], "R15: per-thread program order on its key");
+                    assert_eq!(
+                        o.to_f32(),
+                        vec![step as f32],
+                        "R15: per-thread program order on its key"
+                    );
                 }
             })
         })
@@ -218,12 +281,21 @@ fn kv_store_is_send_and_sync_and_shared_across_threads() {
 /// Arguments of any shape the types allow, keys of both kinds.
 fn keys() -> impl Strategy<Value = Keys> {
     let key = prop_oneof![(-3i64..3).prop_map(Key::Int), "[ab]".prop_map(Key::Str)];
-    prop_oneof![key.clone().prop_map(Keys::One), prop::collection::vec(key, 0..5).prop_map(Keys::List)]
+    prop_oneof![
+        key.clone().prop_map(Keys::One),
+        prop::collection::vec(key, 0..5).prop_map(Keys::List)
+    ]
 }
 
 fn values() -> impl Strategy<Value = Values<u8>> {
-    let item = prop_oneof![any::<u8>().prop_map(Item::One), prop::collection::vec(any::<u8>(), 0..3).prop_map(Item::Group)];
-    prop_oneof![any::<u8>().prop_map(Values::One), prop::collection::vec(item, 0..5).prop_map(Values::List)]
+    let item = prop_oneof![
+        any::<u8>().prop_map(Item::One),
+        prop::collection::vec(any::<u8>(), 0..3).prop_map(Item::Group)
+    ];
+    prop_oneof![
+        any::<u8>().prop_map(Values::One),
+        prop::collection::vec(item, 0..5).prop_map(Values::List)
+    ]
 }
 
 fn leaves(values: &Values<u8>) -> Vec<u8> {
