@@ -255,7 +255,10 @@ pub fn numel(shape: &[usize]) -> Result<usize> {
 }
 
 /// A dense tensor: a shape, row-major data and a device.
+///
+/// Deserialisation validates like [`Tensor::new`], so no invalid tensor can be built.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawTensor")]
 pub struct Tensor {
     shape: Vec<usize>,
     data: Data,
@@ -343,7 +346,10 @@ impl Tensor {
 }
 
 /// A row_sparse tensor: listed rows (ids strictly increasing, each below `shape[0]`) and their data.
+///
+/// Deserialisation validates like [`RowSparse::new`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawRowSparse")]
 pub struct RowSparse {
     shape: Vec<usize>,
     ids: Vec<i64>,
@@ -557,5 +563,36 @@ impl From<Tensor> for Value {
 impl From<RowSparse> for Value {
     fn from(r: RowSparse) -> Self {
         Value::RowSparse(r)
+    }
+}
+
+/// A tensor as read, before validation.
+#[derive(Deserialize)]
+struct RawTensor {
+    shape: Vec<usize>,
+    data: Data,
+    device: Device,
+}
+
+impl TryFrom<RawTensor> for Tensor {
+    type Error = Error;
+    fn try_from(raw: RawTensor) -> Result<Tensor> {
+        Ok(Tensor::new(raw.shape, raw.data)?.on(raw.device))
+    }
+}
+
+/// A row_sparse tensor as read, before validation.
+#[derive(Deserialize)]
+struct RawRowSparse {
+    shape: Vec<usize>,
+    ids: Vec<i64>,
+    data: Data,
+    device: Device,
+}
+
+impl TryFrom<RawRowSparse> for RowSparse {
+    type Error = Error;
+    fn try_from(raw: RawRowSparse) -> Result<RowSparse> {
+        Ok(RowSparse::new(raw.shape, raw.ids, raw.data)?.on(raw.device))
     }
 }

@@ -370,3 +370,25 @@ fn r17_sum_bits_do_not_depend_on_devices() {
     );
     assert!(matches!(a.value(&k(1)).unwrap(), Value::Dense(t) if matches!(t.data(), Data::F32(_))));
 }
+
+#[test]
+fn r21_semantics_13_multi_value_push_does_not_clobber_the_stored_value() {
+    // Semantics §13: init 0, push [1, 1], then updater `stored += 2 * merged`, push [1, 2].
+    // MXNet 1.9.1 gives 9 (the stored value aliases the merge buffer, which the second push
+    // overwrites with 3 before the updater adds 6); the answer is 2 + 2 * 3 = 8.
+    let mut kv = store("local");
+    kv.init(&[(k(0), full(&[1], 0.0))]).unwrap();
+    kv.push(&[(k(0), full(&[1], 1.0)), (k(0), full(&[1], 1.0))])
+        .unwrap();
+    kv.set_updater(Box::new(
+        |_: &Key, merged: &Value, stored: &mut Value| -> Result<(), UpdateError> {
+            let next = stored.to_f32()[0] + 2.0 * merged.to_f32()[0];
+            *stored =
+                Value::Dense(Tensor::new([1], vec![next]).map_err(|e| UpdateError(e.to_string()))?);
+            Ok(())
+        },
+    ));
+    kv.push(&[(k(0), full(&[1], 1.0)), (k(0), full(&[1], 2.0))])
+        .unwrap();
+    assert_eq!(pull1(&mut kv, k(0), &[1]), vec![8.0]);
+}

@@ -110,3 +110,16 @@ fn r36_f64_to_half_rounds_through_f32() {
         "a single rounding of x would give 1 + 2^-10"
     );
 }
+
+#[test]
+fn r35_deserialisation_validates_values() {
+    let ok = r#"{"shape":[2],"ids":[1],"data":{"F32":[1.0]},"device":{"Cpu":0}}"#;
+    assert!(serde_json::from_str::<RowSparse>(ok).is_ok());
+    let bad_ids = r#"{"shape":[2],"ids":[5],"data":{"F32":[1.0]},"device":{"Cpu":0}}"#;
+    assert!(serde_json::from_str::<RowSparse>(bad_ids).is_err());
+    let bad_len = r#"{"shape":[2,2],"data":{"F32":[1.0]},"device":{"Gpu":1}}"#;
+    assert!(serde_json::from_str::<Tensor>(bad_len).is_err());
+    let t = Tensor::new([1], vec![2.5f32]).unwrap().on(Device::Gpu(1));
+    let back: Tensor = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+    assert_eq!(back, t);
+}
