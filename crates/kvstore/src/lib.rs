@@ -40,3 +40,8 @@ pub use store::{create, KvStore, PullOptions};
 
 /// The executable specification this crate is checked against.
 pub use kvstore_spec as spec;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
