@@ -94,6 +94,16 @@ impl LocalStore {
         &self.kind
     }
 
+    /// This process's rank: always 0 for a single-process store (R5).
+    pub fn rank(&self) -> usize {
+        0
+    }
+
+    /// Number of workers: always 1 for a single-process store (R5).
+    pub fn num_workers(&self) -> usize {
+        1
+    }
+
     /// The value a key holds.
     pub fn value(&self, key: &Key) -> Option<&Value> {
         self.entries.get(key).map(|e| &e.value)

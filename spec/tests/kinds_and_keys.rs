@@ -234,3 +234,9 @@ fn r14_unknown_keys_are_errors_without_poisoning() {
         assert_eq!(pull1(&mut kv, key, &[2]), vec![4.0, 4.0]);
     }
 }
+
+#[test]
+fn r5_single_process_stores_have_rank_0_of_1() {
+    let kv = store("device");
+    assert_eq!((kv.rank(), kv.num_workers()), (0, 1));
+}
