@@ -265,6 +265,28 @@ fn word_from_le(chunk: &[u8]) -> u32 {
         .fold(0, |word, &byte| (word << 8) | u32::from(byte))
 }
 
+/// A compression residual: what quantisation has not sent yet, per element.
+///
+/// Equality is bitwise, like every value's, so a NaN residual equals itself and state
+/// comparisons (R7) stay exact.
+#[derive(Debug, Clone, Default)]
+pub struct Residual(pub Vec<f32>);
+
+impl PartialEq for Residual {
+    fn eq(&self, other: &Self) -> bool {
+        self.0
+            .iter()
+            .map(|x| x.to_bits())
+            .eq(other.0.iter().map(|x| x.to_bits()))
+    }
+}
+
+impl PartialEq<Vec<f32>> for Residual {
+    fn eq(&self, other: &Vec<f32>) -> bool {
+        *self == Residual(other.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@
 //! Like [`crate::store::LocalStore`], every call runs as a transaction on a copy of the store that
 //! is kept only when the whole call succeeds (R7: a failing call changes nothing).
 
-use crate::codec::Compression;
+use crate::codec::{Compression, Residual};
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyType};
 use crate::kind::{Kind, StoreClass};
@@ -93,7 +93,7 @@ pub struct DistStore {
     /// The server-side updater (R54, R57); workers keep none.
     updater: Option<UpdaterSlot>,
     compression: Option<Compression>,
-    residuals: BTreeMap<ResidualSlot, Vec<f32>>,
+    residuals: BTreeMap<ResidualSlot, Residual>,
 }
 
 /// Everything a caller can observe of a distributed store, for equality checks in tests.
@@ -106,7 +106,7 @@ pub struct Observable {
     /// Compression parameters.
     pub compression: Option<Compression>,
     /// Compression residuals, per (worker, key).
-    pub residuals: BTreeMap<ResidualSlot, Vec<f32>>,
+    pub residuals: BTreeMap<ResidualSlot, Residual>,
     /// The optimizer and its states, when `set_optimizer` installed one.
     pub optimizer: Option<OptimizerUpdater>,
     /// Whether any updater is set.
@@ -390,7 +390,7 @@ impl DistStore {
                     check_compressible(key, dtype, value)?;
                 }
                 let residual = self.residuals.entry((rank, key.clone())).or_default();
-                transfer::compress(c, key, dtype, &merged, residual)?
+                transfer::compress(c, key, dtype, &merged, &mut residual.0)?
             }
         };
         Ok(sent.on(Device::Cpu(0)))
@@ -1161,7 +1161,7 @@ mod tests {
             assert_eq!(stored(&kv, &key), expected);
         }
         // Each worker kept its own error feedback: 0.6 - 0.5, 0.4 + 0.2 - 0.5, -0.6 + 0.5, 0 (f32).
-        let residual = vec![0.6f32 - 0.5, (0.4f32 + 0.2) - 0.5, -0.6f32 + 0.5, 0.0];
+        let residual = Residual(vec![0.6f32 - 0.5, (0.4f32 + 0.2) - 0.5, -0.6f32 + 0.5, 0.0]);
         let residuals = kv.observable().residuals;
         assert_eq!(residuals.get(&(0, key.clone())), Some(&residual));
         assert_eq!(residuals.get(&(1, key)), Some(&residual));

@@ -3,7 +3,7 @@
 //! Every operation takes normalised `(key, value)` pairs and runs as a transaction on a copy of
 //! the store that is kept only when the whole call succeeds (R7: a failing call changes nothing).
 
-use crate::codec::Compression;
+use crate::codec::{Compression, Residual};
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyType};
 use crate::kind::{Kind, StoreClass};
@@ -46,7 +46,7 @@ pub struct LocalStore {
     next_seq: i64,
     updater: Option<UpdaterSlot>,
     compression: Option<Compression>,
-    residuals: BTreeMap<ResidualSlot, Vec<f32>>,
+    residuals: BTreeMap<ResidualSlot, Residual>,
     /// NCCL reduces over one device set, fixed by the first multi-device push (R23).
     nccl_devices: Option<Vec<Device>>,
 }
@@ -61,7 +61,7 @@ pub struct Observable {
     /// Compression parameters.
     pub compression: Option<Compression>,
     /// Compression residuals.
-    pub residuals: BTreeMap<ResidualSlot, Vec<f32>>,
+    pub residuals: BTreeMap<ResidualSlot, Residual>,
     /// The optimizer and its states, when `set_optimizer` installed one.
     pub optimizer: Option<OptimizerUpdater>,
     /// Whether any updater is set.
@@ -291,7 +291,7 @@ impl LocalStore {
             let slot = (key.clone(), value.device(), *occurrence);
             *occurrence += 1;
             let residual = self.residuals.entry(slot).or_default();
-            decoded.push(transfer::compress(c, key, dtype, value, residual)?);
+            decoded.push(transfer::compress(c, key, dtype, value, &mut residual.0)?);
         }
         Ok(decoded)
     }
