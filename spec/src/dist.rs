@@ -12,10 +12,11 @@
 
 use crate::codec::{Compression, Residual};
 use crate::error::{Error, Result};
-use crate::key::{Key, KeyType};
+use crate::key::{self, Key, KeyType};
 use crate::kind::{Kind, StoreClass};
 use crate::optimizer::{Optimizer, OptimizerUpdater};
 use crate::reduce;
+use crate::transaction;
 use crate::transfer;
 use crate::updater::{Updater, UpdaterSlot};
 use crate::value::{DType, Device, StorageType, Value};
@@ -200,10 +201,7 @@ impl DistStore {
 
     /// Runs `op` on a copy and keeps the copy only if `op` succeeds (R7).
     fn transact<T>(&mut self, op: impl FnOnce(&mut DistStore) -> Result<T>) -> Result<T> {
-        let mut next = self.clone();
-        let out = op(&mut next)?;
-        *self = next;
-        Ok(out)
+        transaction::transact(self, op)
     }
 
     /// Runs a read `op` on a copy; an invalid call fails whether or not it would block (a worker
@@ -249,21 +247,7 @@ impl DistStore {
 
     /// Fixes the key type at the first call with keys; later calls must match (R8, R9).
     fn fix_key_type<'a>(&mut self, keys: impl IntoIterator<Item = &'a Key>) -> Result<()> {
-        for key in keys {
-            let found = key.key_type();
-            match self.key_type {
-                None => self.key_type = Some(found),
-                Some(expected) if expected != found => {
-                    return Err(Error::KeyTypeMismatch {
-                        expected,
-                        found,
-                        key: key.clone(),
-                    })
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+        key::fix_key_type(&mut self.key_type, keys)
     }
 
     /// A key's server state; never inited is `NotInitialized`, never "init by push" (R50).

@@ -53,6 +53,29 @@ impl fmt::Display for KeyType {
     }
 }
 
+/// Fixes a store's key type at the first call that carries keys; later calls must match
+/// (R8). A failing call changes nothing, so callers run this inside their transaction.
+pub fn fix_key_type<'a>(
+    slot: &mut Option<KeyType>,
+    keys: impl IntoIterator<Item = &'a Key>,
+) -> crate::Result<()> {
+    for key in keys {
+        let found = key.key_type();
+        match *slot {
+            None => *slot = Some(found),
+            Some(expected) if expected != found => {
+                return Err(crate::Error::KeyTypeMismatch {
+                    expected,
+                    found,
+                    key: key.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 impl From<i32> for Key {
     fn from(k: i32) -> Self {
         Key::Int(i64::from(k))

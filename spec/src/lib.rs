@@ -20,6 +20,7 @@ pub mod optimizer;
 pub mod reduce;
 pub mod sparse;
 pub mod store;
+pub mod transaction;
 pub mod transfer;
 pub mod updater;
 pub mod value;
