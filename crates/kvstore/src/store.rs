@@ -75,23 +75,26 @@ pub struct KvStore {
     inner: Mutex<LocalStore>,
 }
 
-/// Pairs of outputs as the spec takes them: each output's current content.
-fn snapshot(outs: &[(Key, NdArray)]) -> Vec<(Key, Value)> {
-    outs.iter().map(|(k, a)| (k.clone(), a.value())).collect()
-}
-
-/// Writes each output's new content; only called once the whole call succeeded (R7).
-fn write_back(outs: &[(Key, NdArray)], values: Vec<Value>) {
-    for ((_, array), value) in outs.iter().zip(values) {
-        array.set(value);
-    }
-}
-
 impl KvStore {
     fn store(&self) -> MutexGuard<'_, LocalStore> {
         // Every operation commits by replacing the whole store at its end (a transaction), so a
         // panic inside one cannot leave a half-applied state behind the lock.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs an operation that fills outputs: it sees each output's current content and returns
+    /// each one's new content, which is written only when the whole call succeeded (R7).
+    fn fill(
+        &self,
+        outs: &[(Key, NdArray)],
+        op: impl FnOnce(&mut LocalStore, &[(Key, Value)]) -> Result<Vec<Value>>,
+    ) -> Result<()> {
+        let current: Vec<(Key, Value)> = outs.iter().map(|(k, a)| (k.clone(), a.value())).collect();
+        let values = op(&mut self.store(), &current)?;
+        for ((_, array), value) in outs.iter().zip(values) {
+            array.set(value);
+        }
+        Ok(())
     }
 
     /// The store kind, lower-cased, as MXNet's `type` (R1).
@@ -150,9 +153,7 @@ impl KvStore {
         options: PullOptions,
     ) -> Result<()> {
         let outs = normalize(keys.into(), outs.into())?;
-        let values = self.store().pull(&snapshot(&outs), options.ignore_sparse)?;
-        write_back(&outs, values);
-        Ok(())
+        self.fill(&outs, |s, current| s.pull(current, options.ignore_sparse))
     }
 
     /// Pulls only the rows `row_ids` into row_sparse outputs (R30-R33).
@@ -174,11 +175,8 @@ impl KvStore {
         _priority: i32,
     ) -> Result<()> {
         let outs = normalize(keys.into(), outs.into())?;
-        let values = self
-            .store()
-            .row_sparse_pull(&snapshot(&outs), &row_ids.into().0)?;
-        write_back(&outs, values);
-        Ok(())
+        let row_ids = row_ids.into().0;
+        self.fill(&outs, |s, current| s.row_sparse_pull(current, &row_ids))
     }
 
     /// Pushes `values`, then pulls into `outs`, as one call (R34). Pass the value handles as
@@ -192,9 +190,7 @@ impl KvStore {
         let keys = keys.into();
         let pairs = normalize(keys.clone(), values.into())?;
         let outs = normalize(keys, outs.into())?;
-        let values = self.store().pushpull(&pairs, &snapshot(&outs))?;
-        write_back(&outs, values);
-        Ok(())
+        self.fill(&outs, |s, current| s.pushpull(&pairs, current))
     }
 
     /// Initialises keys with `values`, then pulls them into `outs`, as one call (R34).
@@ -207,9 +203,7 @@ impl KvStore {
         let keys = keys.into();
         let pairs = normalize(keys.clone(), values.into())?;
         let outs = normalize(keys, outs.into())?;
-        let values = self.store().broadcast(&pairs, &snapshot(&outs))?;
-        write_back(&outs, values);
-        Ok(())
+        self.fill(&outs, |s, current| s.broadcast(&pairs, current))
     }
 
     /// Turns on 2-bit or 1-bit gradient compression (R3, R37-R44).
