@@ -4,9 +4,14 @@
 //! order, each addition rounded to the key's dtype. Starting from the first contributor rather
 //! than from zero keeps `-0.0` intact, so the result is the one bit pattern every backend must
 //! reproduce. A row_sparse value holds only its listed rows; absent rows contribute nothing.
+//! Work and memory follow the rows present, so a huge, sparsely filled table stays cheap.
 
-use crate::value::{numel, DType, Data, RowSparse, Tensor, Value};
+use crate::value::{DType, Data, RowSparse, Tensor, Value};
 use crate::Result;
+use std::collections::BTreeMap;
+
+/// Per row, the running sum of each element (`None` until a value holds the element).
+type Rows = BTreeMap<usize, Vec<Option<f64>>>;
 
 /// The elementwise sum of `values` (all of one shape) in `dtype`, on the first value's device.
 ///
@@ -17,59 +22,65 @@ pub fn sum(values: &[Value], dtype: DType) -> Result<Option<Value>> {
         return Ok(None);
     };
     let shape = first.shape().to_vec();
-    let mut acc: Vec<Option<f64>> = vec![None; numel(&shape)?];
+    let row_len = shape.iter().skip(1).product::<usize>();
+    let mut rows = Rows::new();
     for value in values {
-        for (index, x) in elements(value) {
-            let x = dtype.round(x);
-            acc[index] = Some(match acc[index] {
-                None => x,
-                Some(a) => dtype.round(a + x),
-            });
+        for (row, data) in rows_of(value, row_len) {
+            let acc = rows.entry(row).or_insert_with(|| vec![None; row_len]);
+            for (a, x) in acc.iter_mut().zip(data) {
+                let x = dtype.round(x);
+                *a = Some(a.map_or(x, |a| dtype.round(a + x)));
+            }
         }
     }
-    let device = first.device();
+    let flat =
+        |rows: &Rows| -> Vec<f64> { rows.values().flatten().map(|a| a.unwrap_or(0.0)).collect() };
     let merged = if values.iter().any(|v| matches!(v, Value::Dense(_))) {
-        let data: Vec<f64> = acc.iter().map(|a| a.unwrap_or(0.0)).collect();
-        Value::Dense(Tensor::new(shape, Data::from_f64(dtype, &data))?)
+        Value::Dense(Tensor::new(shape, Data::from_f64(dtype, &flat(&rows)))?)
     } else {
-        Value::RowSparse(rows_of(&shape, &acc, dtype)?)
+        let ids = rows.keys().map(|&r| r as i64).collect();
+        Value::RowSparse(RowSparse::new(
+            shape,
+            ids,
+            Data::from_f64(dtype, &flat(&rows)),
+        )?)
     };
-    Ok(Some(merged.on(device)))
+    Ok(Some(merged.on(first.device())))
 }
 
-/// Every stored element of a value as (row-major index, exact value).
-fn elements(value: &Value) -> Vec<(usize, f64)> {
+/// The rows a value holds, as (row index, exact elements). A dense value holds every row; a
+/// scalar is one row of one element.
+fn rows_of(value: &Value, row_len: usize) -> Vec<(usize, Vec<f64>)> {
     match value {
-        Value::Dense(t) => t.data().to_f64().into_iter().enumerate().collect(),
+        Value::Dense(t) => {
+            let data = t.data().to_f64();
+            if t.shape().is_empty() {
+                return vec![(0, data)];
+            }
+            let rows = t.shape().first().copied().unwrap_or(0);
+            (0..rows)
+                .map(|r| {
+                    (
+                        r,
+                        data.get(r * row_len..(r + 1) * row_len)
+                            .unwrap_or_default()
+                            .to_vec(),
+                    )
+                })
+                .collect()
+        }
         Value::RowSparse(r) => {
-            let row_len = r.row_len();
             let data = r.data().to_f64();
+            let row = |k: usize| {
+                data.get(k * row_len..(k + 1) * row_len)
+                    .unwrap_or_default()
+                    .to_vec()
+            };
             r.ids()
                 .iter()
                 .enumerate()
-                .flat_map(|(k, &id)| {
-                    (0..row_len).map(move |j| (id as usize * row_len + j, k * row_len + j))
-                })
-                .map(|(index, at)| (index, data[at]))
+                .map(|(k, &id)| (id as usize, row(k)))
                 .collect()
         }
     }
-}
-
-/// The row_sparse value holding exactly the rows that received a contribution.
-fn rows_of(shape: &[usize], acc: &[Option<f64>], dtype: DType) -> Result<RowSparse> {
-    let row_len: usize = shape.iter().skip(1).product();
-    let mut ids = Vec::new();
-    let mut data = Vec::new();
-    for (row, chunk) in acc
-        .chunks(row_len.max(1))
-        .enumerate()
-        .filter(|_| row_len > 0)
-    {
-        if chunk.iter().any(Option::is_some) {
-            ids.push(row as i64);
-            data.extend(chunk.iter().map(|a| a.unwrap_or(0.0)));
-        }
-    }
-    RowSparse::new(shape.to_vec(), ids, Data::from_f64(dtype, &data))
 }

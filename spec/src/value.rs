@@ -180,6 +180,16 @@ impl Data {
         }
     }
 
+    /// Elements `range`, exactly, as f64; `None` when the range is out of bounds.
+    pub fn get_f64(&self, range: std::ops::Range<usize>) -> Option<Vec<f64>> {
+        Some(match self {
+            Data::F32(v) => v.get(range)?.iter().map(|&x| f64::from(x)).collect(),
+            Data::F16(v) => v.get(range)?.iter().map(|&x| f64::from(x)).collect(),
+            Data::BF16(v) => v.get(range)?.iter().map(|&x| f64::from(x)).collect(),
+            Data::F64(v) => v.get(range)?.to_vec(),
+        })
+    }
+
     /// Every element converted to f32 (exact for f32, f16 and bf16; rounded for f64).
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
@@ -244,13 +254,18 @@ impl From<Vec<bf16>> for Data {
 }
 
 /// Number of elements of a shape, or a typed error when it overflows.
+///
+/// The count must also fit a buffer of 8-byte elements, so that no later allocation of the
+/// value (or of its dense form) can overflow.
 pub fn numel(shape: &[usize]) -> Result<usize> {
+    const MAX_ELEMENTS: usize = isize::MAX as usize / 8;
     shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
         .ok_or_else(|| Error::InvalidShape {
             shape: shape.to_vec(),
-            reason: "element count overflows".into(),
+            reason: format!("more than {MAX_ELEMENTS} elements"),
         })
 }
 

@@ -313,3 +313,37 @@ fn r34_broadcast_is_init_then_pull() {
     );
     assert_eq!(pull1(&mut kv, k(1), &[2]), vec![5.0, 5.0]);
 }
+
+#[test]
+fn r31_a_huge_sparse_table_is_served_without_densifying() {
+    // 2^40 rows of 4 elements: any dense copy would need terabytes.
+    let rows = 1usize << 40;
+    let mut kv = store("local");
+    kv.init(&[(
+        k(1),
+        RowSparse::empty([rows, 4], DType::F32).unwrap().into(),
+    )])
+    .unwrap();
+    let big = (rows - 1) as i64;
+    kv.push(&[
+        (
+            k(1),
+            rsp(
+                &[rows, 4],
+                &[7, big],
+                &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+            ),
+        ),
+        (k(1), rsp(&[rows, 4], &[7], &[1.0, 1.0, 1.0, 1.0])),
+    ])
+    .unwrap();
+    let out = Value::RowSparse(RowSparse::empty([rows, 4], DType::F32).unwrap());
+    let got = kv
+        .row_sparse_pull(&[(k(1), out)], &[vec![big, 3, 7]])
+        .unwrap();
+    assert_eq!(ids_of(&got[0]), vec![3, 7, big]);
+    assert_eq!(
+        rows_of(&got[0]),
+        vec![0.0, 0.0, 0.0, 0.0, 2.0, 3.0, 4.0, 5.0, 5.0, 6.0, 7.0, 8.0]
+    );
+}

@@ -123,3 +123,19 @@ fn r35_deserialisation_validates_values() {
     let back: Tensor = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
     assert_eq!(back, t);
 }
+
+#[test]
+fn r35_shapes_beyond_any_buffer_are_invalid_not_a_panic() {
+    assert!(matches!(
+        Tensor::zeros([usize::MAX / 2], DType::F32),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(matches!(
+        RowSparse::empty([usize::MAX / 4, 2], DType::F32),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(
+        RowSparse::empty([1 << 40, 1024], DType::F32).is_ok(),
+        "a large sparse table is fine"
+    );
+}
