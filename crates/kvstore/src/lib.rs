@@ -6,7 +6,7 @@
 //! - Keys are ints or strings ([`Key`]); values are [`Tensor`]s and [`RowSparse`] tensors;
 //!   outputs are [`NdArray`] handles.
 //! - Every argument shape MXNet accepts (one key and one value, one key on several devices,
-//!   lists of keys with per-key values or lists) goes through [`normalize`] (SPEC R10).
+//!   lists of keys with per-key values or lists) goes through [`normalize()`] (SPEC R10).
 //! - Every failure is an [`Error`] and leaves the store unchanged (SPEC R7).
 //!
 //! ```
