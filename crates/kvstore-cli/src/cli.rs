@@ -5,6 +5,7 @@
 //! [`CliError`].
 
 use crate::demo::{self, CompressionChoice, DemoConfig, DemoError};
+use crate::replay::{self, ReplayArgs, ReplayError};
 use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 
@@ -23,6 +24,8 @@ pub enum Command {
     /// Data-parallel training of a logistic regression on simulated devices that push their
     /// gradients to the store and pull the updated weights back.
     Demo(DemoArgs),
+    /// Runs a trace (docs/trace-format.md) and prints one JSON line per operation.
+    Replay(ReplayArgs),
 }
 
 impl Command {
@@ -34,6 +37,7 @@ impl Command {
                 demo::run_demo(&config, out)?;
                 Ok(())
             }
+            Command::Replay(args) => Ok(replay::run_replay(&args, out)?),
         }
     }
 }
@@ -112,6 +116,8 @@ impl DemoArgs {
 pub enum CliError {
     /// `kvstore demo` failed.
     Demo(DemoError),
+    /// `kvstore replay` failed.
+    Replay(ReplayError),
     /// Writing the output failed.
     Io(std::io::Error),
 }
@@ -120,6 +126,7 @@ impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CliError::Demo(e) => e.fmt(f),
+            CliError::Replay(e) => e.fmt(f),
             CliError::Io(e) => write!(f, "cannot write the output: {e}"),
         }
     }
@@ -129,6 +136,7 @@ impl std::error::Error for CliError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             CliError::Demo(e) => e.source(),
+            CliError::Replay(e) => Some(e),
             CliError::Io(e) => Some(e),
         }
     }
@@ -137,6 +145,12 @@ impl std::error::Error for CliError {
 impl From<DemoError> for CliError {
     fn from(e: DemoError) -> Self {
         CliError::Demo(e)
+    }
+}
+
+impl From<ReplayError> for CliError {
+    fn from(e: ReplayError) -> Self {
+        CliError::Replay(e)
     }
 }
 

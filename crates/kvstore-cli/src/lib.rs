@@ -6,6 +6,7 @@
 //! - [`cluster`]: the simulated devices and their store traffic.
 //! - [`data`]: the deterministic synthetic data set.
 //! - [`model`]: the model math (logistic regression).
+//! - [`replay`]: `kvstore replay`, running a trace file.
 //!
 //! ```
 //! use kvstore_cli::demo::{run_demo, DemoConfig};
@@ -22,5 +23,6 @@ pub mod cluster;
 pub mod data;
 pub mod demo;
 pub mod model;
+pub mod replay;
 
 pub use cli::{run, Cli, CliError, Command};

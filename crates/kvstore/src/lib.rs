@@ -26,6 +26,7 @@ mod args;
 mod array;
 pub mod normalize;
 mod store;
+pub mod trace;
 
 pub use args::{Inputs, IntoOutput, IntoValue, Outputs, RowIds};
 pub use array::NdArray;

@@ -21,6 +21,40 @@ pub enum Values<T> {
     List(Vec<Item<T>>),
 }
 
+impl<T> Values<T> {
+    /// The same nesting with every leaf mapped through `f`.
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> Values<U> {
+        match self {
+            Values::One(x) => Values::One(f(x)),
+            Values::List(items) => Values::List(
+                items
+                    .into_iter()
+                    .map(|item| match item {
+                        Item::One(x) => Item::One(f(x)),
+                        Item::Group(g) => Item::Group(g.into_iter().map(&mut f).collect()),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The same nesting with every leaf borrowed.
+    pub fn as_ref(&self) -> Values<&T> {
+        match self {
+            Values::One(x) => Values::One(x),
+            Values::List(items) => Values::List(
+                items
+                    .iter()
+                    .map(|item| match item {
+                        Item::One(x) => Item::One(x),
+                        Item::Group(g) => Item::Group(g.iter().collect()),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// One item of a value list: a value, or a list of values (one per device).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item<T> {
