@@ -181,8 +181,9 @@ impl Updater for OptimizerUpdater {
     }
 }
 
-/// One SGD step (R46). Arithmetic runs in f64 for f64 weights and in f32 otherwise, each
-/// operation rounded; only the rows a row_sparse gradient lists are touched (lazy update).
+/// One SGD step (R46), following MXNet 1.9.1's kernels operation by operation. Arithmetic runs
+/// in f64 for f64 weights and in f32 otherwise, each operation rounded; only the rows a
+/// row_sparse gradient lists are touched (MXNet's default lazy update).
 fn sgd_step(
     p: &Sgd,
     weight: &Tensor,
@@ -207,13 +208,17 @@ fn sgd_step(
     let mut w = weight.data().to_f64();
     let mut m = momentum.map(|t| t.data().to_f64());
     let g = grad.to_dense().data().to_f64();
+    let sparse = matches!(grad, Value::RowSparse(_));
     for i in touched(grad) {
         let mut gi = r(rescale * g[i]);
         if let Some(c) = p.clip_gradient {
             gi = gi.clamp(-f64::from(c), f64::from(c));
         }
         match m.as_mut() {
-            None => w[i] = r(r(decay * w[i]) - r(lr * gi)),
+            // MXNet's row_sparse kernel decays the weight first.
+            None if sparse => w[i] = r(r(decay * w[i]) - r(lr * gi)),
+            // Its dense kernel (multi_sgd_update) is the momentum step from a zero momentum.
+            None => w[i] = r(w[i] + r(-r(r(lr * wd) * w[i]) - r(lr * gi))),
             Some(m) => {
                 m[i] = r(r(r(mu * m[i]) - r(r(lr * wd) * w[i])) - r(lr * gi));
                 w[i] = r(w[i] + m[i]);

@@ -53,29 +53,48 @@ fn r45_parameters_must_be_finite_and_clip_non_negative() {
     );
 }
 
-#[test]
-fn r46_sgd_with_weight_decay_and_clipping_follows_the_kernel() {
+fn bits(xs: &[f32]) -> Vec<u32> {
+    xs.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Two SGD steps (lr 0.1, wd 0.01, rescale 0.5, clip 0.75) from w=[1,-2,0.3], g=[1,4,-0.2].
+fn two_steps(momentum: f32) -> (Vec<f32>, Vec<f32>) {
     let p = Sgd {
         learning_rate: 0.1,
         wd: 0.01,
         rescale_grad: 0.5,
         clip_gradient: Some(0.75),
-        ..Sgd::default()
+        momentum,
     };
     let mut kv = sgd_store(p, dense(&[3], &[1.0, -2.0, 0.3]));
-    kv.push(&[(k(3), dense(&[3], &[1.0, 4.0, -0.2]))]).unwrap();
-    let w0 = [1.0f32, -2.0, 0.3];
+    let mut step = || {
+        kv.push(&[(k(3), dense(&[3], &[1.0, 4.0, -0.2]))]).unwrap();
+        pull1(&mut kv, k(3), &[3])
+    };
+    (step(), step())
+}
+
+#[test]
+fn r46_sgd_with_weight_decay_and_clipping_follows_the_kernels() {
+    let clip = |g: f32| (0.5f32 * g).clamp(-0.75, 0.75);
     let g = [1.0f32, 4.0, -0.2];
-    let expected: Vec<f32> = w0
-        .iter()
-        .zip(g)
-        .map(|(&w, g)| (1.0 - 0.1f32 * 0.01) * w - 0.1f32 * (0.5f32 * g).clamp(-0.75, 0.75))
-        .collect();
-    let got = pull1(&mut kv, k(3), &[3]);
-    assert_eq!(
-        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-        expected.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    );
+    // No momentum, dense gradient: MXNet's multi_sgd_update, `w + (-(lr*wd)*w - lr*g')`.
+    let plain = |w: &[f32]| -> Vec<f32> {
+        w.iter()
+            .zip(g)
+            .map(|(&w, g)| w + (-(0.1f32 * 0.01) * w - 0.1 * clip(g)))
+            .collect()
+    };
+    let (step1, step2) = two_steps(0.0);
+    let expected1 = plain(&[1.0, -2.0, 0.3]);
+    assert_eq!(bits(&step1), bits(&expected1));
+    assert_eq!(bits(&step2), bits(&plain(&expected1)));
+    // Bits MXNet 1.9.1 produced for the same steps (docs/conformance.md, "MXNet behaviours checked").
+    assert_eq!(bits(&step1), vec![0x3f72f1aa, 0xc004ac08, 0x3e9e9100]);
+    assert_eq!(bits(&step2), vec![0x3f65e6ac, 0xc00956de, 0x3ea38721]);
+    let (step1, step2) = two_steps(0.9);
+    assert_eq!(bits(&step1), vec![0x3f72f1aa, 0xc004ac08, 0x3e9e9100]);
+    assert_eq!(bits(&step2), vec![0x3f5a2692, 0xc00d8b4c, 0x3ea7ff63]);
 }
 
 #[test]
