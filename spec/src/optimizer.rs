@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::updater::{UpdateError, Updater};
-use crate::value::{DType, Data, Tensor, Value};
+use crate::value::{Data, Tensor, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -181,9 +181,8 @@ impl Updater for OptimizerUpdater {
     }
 }
 
-/// One SGD step (R46), following MXNet 1.9.1's kernels operation by operation. Arithmetic runs
-/// in f64 for f64 weights and in f32 otherwise, each operation rounded; only the rows a
-/// row_sparse gradient lists are touched (MXNet's default lazy update).
+/// One SGD step (R46), following MXNet 1.9.1's kernels operation by operation, in the weight's
+/// dtype; only the rows a row_sparse gradient lists are touched (MXNet's default lazy update).
 fn sgd_step(
     p: &Sgd,
     weight: &Tensor,
@@ -191,36 +190,35 @@ fn sgd_step(
     grad: &Value,
 ) -> (Tensor, Option<Tensor>) {
     let dtype = weight.dtype();
-    let r = |x: f64| {
-        if dtype == DType::F64 {
-            x
-        } else {
-            DType::F32.round(x)
-        }
-    };
+    // Every operation, and every parameter, is rounded to the weight's dtype: MXNet's kernels
+    // run in the weight's type (half types compute each operation in float and round it).
+    let r = |x: f64| dtype.round(x);
+    let param = |x: f32| r(f64::from(x));
     let (lr, wd, rescale, mu) = (
-        f64::from(p.learning_rate),
-        f64::from(p.wd),
-        f64::from(p.rescale_grad),
-        f64::from(p.momentum),
+        param(p.learning_rate),
+        param(p.wd),
+        param(p.rescale_grad),
+        param(p.momentum),
     );
+    // `lr * g'`: the kernels multiply `(lr * rescale) * g` without clipping, `lr * clip(rescale * g)` with it.
+    let step = |g: f64| match p.clip_gradient {
+        None => r(r(lr * rescale) * g),
+        Some(c) => r(lr * r(rescale * g).clamp(-param(c), param(c))),
+    };
     let decay = r(1.0 - r(lr * wd));
     let mut w = weight.data().to_f64();
     let mut m = momentum.map(|t| t.data().to_f64());
     let g = grad.to_dense().data().to_f64();
     let sparse = matches!(grad, Value::RowSparse(_));
     for i in touched(grad) {
-        let mut gi = r(rescale * g[i]);
-        if let Some(c) = p.clip_gradient {
-            gi = gi.clamp(-f64::from(c), f64::from(c));
-        }
+        let lr_g = step(g[i]);
         match m.as_mut() {
             // MXNet's row_sparse kernel decays the weight first.
-            None if sparse => w[i] = r(r(decay * w[i]) - r(lr * gi)),
+            None if sparse => w[i] = r(r(decay * w[i]) - lr_g),
             // Its dense kernel (multi_sgd_update) is the momentum step from a zero momentum.
-            None => w[i] = r(w[i] + r(-r(r(lr * wd) * w[i]) - r(lr * gi))),
+            None => w[i] = r(w[i] + r(-r(r(lr * wd) * w[i]) - lr_g)),
             Some(m) => {
-                m[i] = r(r(r(mu * m[i]) - r(r(lr * wd) * w[i])) - r(lr * gi));
+                m[i] = r(r(r(mu * m[i]) - r(r(lr * wd) * w[i])) - lr_g);
                 w[i] = r(w[i] + m[i]);
             }
         }

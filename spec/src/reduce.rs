@@ -1,9 +1,10 @@
 //! Merging the values of one key: an elementwise sum in list order (R17).
 //!
 //! Each element's sum starts from the first value that holds it and adds the others in list
-//! order, each addition rounded to the key's dtype. Starting from the first contributor rather
-//! than from zero keeps `-0.0` intact, so the result is the one bit pattern every backend must
-//! reproduce. A row_sparse value holds only its listed rows; absent rows contribute nothing.
+//! order, each addition rounded to the key's dtype; only a sum of two or more row_sparse values
+//! starts from `+0.0`, as MXNet's sparse sum does (the one place where `-0.0` becomes `+0.0`).
+//! That fixes the one bit pattern every backend must reproduce. A row_sparse value holds only
+//! its listed rows; absent rows contribute nothing.
 //! Work and memory follow the rows present, so a huge, sparsely filled table stays cheap.
 
 use crate::value::{DType, Data, RowSparse, Tensor, Value};
@@ -23,10 +24,14 @@ pub fn sum(values: &[Value], dtype: DType) -> Result<Option<Value>> {
     };
     let shape = first.shape().to_vec();
     let row_len = shape.iter().skip(1).product::<usize>();
+    // MXNet sums two or more row_sparse values row by row from +0 (so -0 + -0 gives +0); a
+    // dense sum, or a single value, starts from the first value and keeps -0.
+    let all_sparse = values.iter().all(|v| matches!(v, Value::RowSparse(_)));
+    let start = (all_sparse && values.len() >= 2).then_some(0.0);
     let mut rows = Rows::new();
     for value in values {
         for (row, data) in rows_of(value, row_len) {
-            let acc = rows.entry(row).or_insert_with(|| vec![None; row_len]);
+            let acc = rows.entry(row).or_insert_with(|| vec![start; row_len]);
             for (a, x) in acc.iter_mut().zip(data) {
                 let x = dtype.round(x);
                 *a = Some(a.map_or(x, |a| dtype.round(a + x)));
@@ -35,7 +40,7 @@ pub fn sum(values: &[Value], dtype: DType) -> Result<Option<Value>> {
     }
     let flat =
         |rows: &Rows| -> Vec<f64> { rows.values().flatten().map(|a| a.unwrap_or(0.0)).collect() };
-    let merged = if values.iter().any(|v| matches!(v, Value::Dense(_))) {
+    let merged = if !all_sparse {
         Value::Dense(Tensor::new(shape, Data::from_f64(dtype, &flat(&rows)))?)
     } else {
         let ids = rows.keys().map(|&r| r as i64).collect();

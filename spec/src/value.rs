@@ -117,16 +117,82 @@ impl fmt::Display for StorageType {
 }
 
 /// Elements of one dtype, row-major.
+///
+/// Serialised as `{"F32": [...]}` with non-finite elements as the strings `"nan"`, `"inf"`,
+/// `"-inf"` (JSON has no number for them), so every value survives a round trip.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Data {
     /// float32 elements.
-    F32(Vec<f32>),
+    F32(#[serde(with = "elements")] Vec<f32>),
     /// float16 elements.
-    F16(Vec<f16>),
+    F16(#[serde(with = "elements")] Vec<f16>),
     /// bfloat16 elements.
-    BF16(Vec<bf16>),
+    BF16(#[serde(with = "elements")] Vec<bf16>),
     /// float64 elements.
-    F64(Vec<f64>),
+    F64(#[serde(with = "elements")] Vec<f64>),
+}
+
+/// Serde for element lists: finite values as numbers, the others as text.
+mod elements {
+    use half::{bf16, f16};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// An element as written.
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Element {
+        Number(f64),
+        Text(String),
+    }
+
+    /// The element types, converted exactly through f64.
+    pub trait Float: Copy {
+        fn to_f64(self) -> f64;
+        fn from_f64(x: f64) -> Self;
+    }
+
+    macro_rules! float {
+        ($($t:ty: $to:expr, $from:expr;)*) => {$(
+            impl Float for $t {
+                fn to_f64(self) -> f64 { $to(self) }
+                fn from_f64(x: f64) -> Self { $from(x) }
+            }
+        )*};
+    }
+    float! {
+        f32: f64::from, |x| x as f32;
+        f64: |x| x, |x| x;
+        f16: f64::from, f16::from_f64;
+        bf16: f64::from, bf16::from_f64;
+    }
+
+    pub fn serialize<T: Float, S: Serializer>(xs: &[T], s: S) -> Result<S::Ok, S::Error> {
+        let element = |x: f64| match x {
+            x if x.is_nan() => Element::Text("nan".into()),
+            x if x == f64::INFINITY => Element::Text("inf".into()),
+            x if x == f64::NEG_INFINITY => Element::Text("-inf".into()),
+            x => Element::Number(x),
+        };
+        s.collect_seq(xs.iter().map(|x| element(x.to_f64())))
+    }
+
+    pub fn deserialize<'de, T: Float, D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        let elements = Vec::<Element>::deserialize(d)?;
+        elements
+            .into_iter()
+            .map(|e| match e {
+                Element::Number(x) => Ok(T::from_f64(x)),
+                Element::Text(t) => match t.as_str() {
+                    "nan" => Ok(T::from_f64(f64::NAN)),
+                    "inf" => Ok(T::from_f64(f64::INFINITY)),
+                    "-inf" => Ok(T::from_f64(f64::NEG_INFINITY)),
+                    other => Err(serde::de::Error::custom(format!(
+                        "{other:?} is not a number"
+                    ))),
+                },
+            })
+            .collect()
+    }
 }
 
 impl PartialEq for Data {

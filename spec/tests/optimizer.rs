@@ -189,3 +189,21 @@ fn r47_states_need_an_optimizer_and_readable_bytes() {
     }
     assert_eq!(kv.observable(), before);
 }
+
+#[test]
+fn r47_states_holding_non_finite_values_load_back() {
+    let mut kv = sgd_store(
+        Sgd {
+            learning_rate: 1.0,
+            momentum: 0.5,
+            ..Sgd::default()
+        },
+        dense(&[2], &[0.0, 1.0]),
+    );
+    kv.push(&[(k(3), dense(&[2], &[f32::INFINITY, 1.0]))])
+        .unwrap();
+    let saved = kv.save_optimizer_states(false).unwrap();
+    let before = kv.observable();
+    kv.load_optimizer_states(&saved).unwrap();
+    assert_eq!(kv.observable(), before);
+}

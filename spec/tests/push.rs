@@ -392,3 +392,26 @@ fn r21_semantics_13_multi_value_push_does_not_clobber_the_stored_value() {
         .unwrap();
     assert_eq!(pull1(&mut kv, k(0), &[1]), vec![8.0]);
 }
+
+#[test]
+fn r17_a_sum_of_row_sparse_values_starts_from_positive_zero() {
+    let mut kv = store("local");
+    kv.init(&[(k(0), rsp(&[2, 1], &[0, 1], &[1.0, 1.0]))])
+        .unwrap();
+    kv.push(&[
+        (k(0), rsp(&[2, 1], &[0], &[-0.0])),
+        (k(0), rsp(&[2, 1], &[1], &[3.0]).on(Device::Cpu(1))),
+    ])
+    .unwrap();
+    assert_eq!(
+        rows_of(kv.value(&k(0)).unwrap())[0].to_bits(),
+        0.0f32.to_bits(),
+        "MXNet: 0 + (-0) = +0"
+    );
+    kv.push(&[(k(0), rsp(&[2, 1], &[0], &[-0.0]))]).unwrap();
+    assert_eq!(
+        rows_of(kv.value(&k(0)).unwrap())[0].to_bits(),
+        (-0.0f32).to_bits(),
+        "a single value is copied"
+    );
+}

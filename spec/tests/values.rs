@@ -139,3 +139,17 @@ fn r35_shapes_beyond_any_buffer_are_invalid_not_a_panic() {
         "a large sparse table is fine"
     );
 }
+
+#[test]
+fn r35_non_finite_elements_survive_serialisation() {
+    let t = Tensor::new([4], vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0]).unwrap();
+    let text = serde_json::to_string(&t).unwrap();
+    assert!(text.contains(r#"["nan","inf","-inf",-0.0]"#), "{text}");
+    let back: Tensor = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, t);
+    let h = Tensor::new([2], vec![f16::INFINITY, f16::from_f32(0.1)]).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Tensor>(&serde_json::to_string(&h).unwrap()).unwrap(),
+        h
+    );
+}

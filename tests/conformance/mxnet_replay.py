@@ -412,19 +412,16 @@ class Skip(Exception):
 
 
 def error_message(e):
-    """The first meaningful line of an exception's message. MXNet 1.9.1's MXNetError text starts
-    with 'Traceback (most recent call last):' and the C++ file; the message is the line after
-    'MXNetError: '."""
-    text = str(e)
-    lines = [l.strip() for l in text.splitlines()]
+    """The first meaningful line of an exception's message. MXNet 1.9.1's MXNetError text often
+    starts with 'Traceback (most recent call last):' and the C++ file; the message is then the
+    line after 'MXNetError: '. A leading 'MXNetError: ' is dropped."""
+    lines = [l.strip() for l in str(e).splitlines()]
     if lines and lines[0].startswith("Traceback"):
-        for l in lines:
-            m = re.match(r"^[A-Za-z_][\w.]*(Error|Exception): ?(.*)$", l)
-            if m and not l.startswith("File "):
-                return m.group(2).strip()
         lines = [l for l in lines[1:] if l and not l.startswith("File ")]
     for l in lines:
         if l:
+            while l.startswith("MXNetError:"):
+                l = l[len("MXNetError:"):].strip()
             return l
     return ""
 
@@ -515,7 +512,7 @@ class Replay:
 
     def check_crashes(self, keys, values, what):
         if isinstance(keys, list) and not isinstance(values, list):
-            raise Skip(f"a key list with a single array as {what} crashes MXNet 1.9.1 (semantics §9)")
+            raise Skip(f"a key list with a single array as {what} crashes MXNet 1.9.1 (semantics.md 9)")
 
     def check_push(self, keys, values):
         self.check_crashes(keys, values, "value")
@@ -530,7 +527,18 @@ class Replay:
         for k, n in counts.items():
             if n >= 2 and k not in self.inited and I32_MIN <= k <= I32_MAX:
                 raise Skip(f"a push of {n} values to key {k}, never initialised, crashes MXNet 1.9.1's "
-                           "local store (semantics §2.4)")
+                           "local store (semantics.md 2.4)")
+
+    def check_row_ids(self, outs, row_ids):
+        rows = [t.shape[0] for t in walk(outs) if t.shape]
+        if not rows:
+            return
+        limit = min(rows)
+        for ids in ([row_ids[1]] if row_ids[0] == "one" else row_ids[1]):
+            bad = [i for i in ids if i < 0 or i >= limit]
+            if bad:
+                raise Skip(f"row id {bad[0]} is outside the {limit} rows: MXNet 1.9.1 reads out of "
+                           "bounds (garbage rows or a crash; semantics.md 5)")
 
     @property
     def native(self):
@@ -545,6 +553,11 @@ class Replay:
         pairs = normalised_pairs(keys, values)
         if pairs is None or not self.native:
             return
+        if any(is_int(k) and not I32_MIN <= k <= I32_MAX for k, _ in pairs):
+            return  # OverflowError in Python, before C
+        call_type = "str" if pairs and isinstance(pairs[0][0], str) else "int"
+        if self.key_type is not None and call_type != self.key_type:
+            return  # refused by the key type check, before anything else
         if self.key_type is None and (pairs or isinstance(keys, list)):
             self.key_type = "str" if pairs and isinstance(pairs[0][0], str) else "int"
         int_keys = [k for k, _ in pairs if is_int(k)]
@@ -563,7 +576,6 @@ class Replay:
 
     def run(self, op):
         """('ok', None) | ('out', readback) | ('error', name, message)."""
-        name = op["op"]
         try:
             result = self.execute(op)
             self.mx.nd.waitall()
@@ -577,9 +589,6 @@ class Replay:
         except Exception as e:  # every store error, MXNetError, AssertionError, ... is an output
             self.after_error(op)
             return ("error", type(e).__name__, error_message(e))
-        finally:
-            if name == "create":
-                pass
 
     def after_error(self, op):
         try:
@@ -634,6 +643,7 @@ class Replay:
             return ("read", outs, op["out"])
         if name == "row_sparse_pull":
             self.check_crashes(op["key"], op["out"], "out")
+            self.check_row_ids(op["out"], op["row_ids"])
             outs = self.arrays(op["out"])
             row_ids = self.row_ids(op["key"], op["out"], op["row_ids"])
             ok = False
@@ -823,7 +833,8 @@ def run_isolated(mx, ops, emit, device_names, timeout):
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code == EXIT_DRIVER_BUG:
-        raise SystemExit(f"mxnet_replay: the driver failed (traceback above); exit status {code}")
+        print("mxnet_replay: the driver failed in a trace's process (traceback above)", file=sys.stderr)
+        raise SystemExit(EXIT_DRIVER_BUG)
     if finished and code == 0:
         return
     if done < len(ops):
