@@ -530,11 +530,14 @@ class Replay:
                            "local store (semantics.md 2.4)")
 
     def check_row_ids(self, outs, row_ids):
-        rows = [t.shape[0] for t in walk(outs) if t.shape]
+        rows = [t.shape[0] if t.shape else 0 for t in walk(outs)]
         if not rows:
             return
-        limit = min(rows)
-        for ids in ([row_ids[1]] if row_ids[0] == "one" else row_ids[1]):
+        if row_ids[0] == "one":
+            checks = [(row_ids[1], min(rows))]  # one list serves every output
+        else:
+            checks = list(zip(row_ids[1], rows))  # the k-th list serves the k-th output
+        for ids, limit in checks:
             bad = [i for i in ids if i < 0 or i >= limit]
             if bad:
                 raise Skip(f"row id {bad[0]} is outside the {limit} rows: MXNet 1.9.1 reads out of "
