@@ -1813,17 +1813,12 @@ impl Gen {
                 plans.push(plan);
             }
         }
-        // Workaround for mxnet_replay.py: it checks every row-id list of a call against the
-        // fewest rows of any output of the call (not of the output it serves) and skips the
-        // op, so the ids of a call stay below that minimum.
-        let rows = plans
-            .iter()
-            .filter_map(|p| p.shape.first().copied())
-            .min()
-            .unwrap_or(1);
         let mut per_key = Vec::new();
         let mut lists = Vec::new();
         for plan in plans {
+            // Each list serves one output of this key (one list for several outputs only in
+            // the single-key form), so ids range over this key's rows.
+            let rows = plan.shape.first().copied().unwrap_or(1);
             let m = self.rng.range(1, 3);
             let mut outs = Vec::new();
             for _ in 0..m {
