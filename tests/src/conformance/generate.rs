@@ -507,7 +507,12 @@ type Pairs = Vec<(Key, Value)>;
 fn pairs(keys: &Keys, values: &Values<Value>) -> Result<Option<Pairs>, Avoid> {
     match normalize(keys.clone(), values.clone()) {
         Ok(p) if p.is_empty() => Err(Avoid::UnfixedKeyType),
-        Ok(p) => Ok(Some(p)),
+        Ok(p) => {
+            for (_, v) in &p {
+                check_value_basics(v)?;
+            }
+            Ok(Some(p))
+        }
         Err(Error::MixedKeyTypes { .. }) => Ok(None),
         Err(_) => Err(Avoid::BadArguments),
     }
@@ -708,9 +713,6 @@ impl Model {
         let Some(pairs) = pairs(keys, values)? else {
             return Ok(Expect::Error);
         };
-        for (_, v) in &pairs {
-            check_value_basics(v)?;
-        }
         if pairs.iter().any(|(k, _)| wide(k)) {
             return Err(Avoid::WideIntKey);
         }
@@ -758,9 +760,6 @@ impl Model {
         let Some(pairs) = pairs(keys, values)? else {
             return Ok(Expect::Error);
         };
-        for (_, v) in &pairs {
-            check_value_basics(v)?;
-        }
         if let Some(e) = self.key_type(&pairs)? {
             return Ok(e);
         }
@@ -873,9 +872,6 @@ impl Model {
         let Some(pairs) = pairs(keys, outs)? else {
             return Ok(Expect::Error);
         };
-        for (_, v) in &pairs {
-            check_value_basics(v)?;
-        }
         if let Some(e) = self.key_type(&pairs)? {
             return Ok(e);
         }
@@ -933,9 +929,6 @@ impl Model {
         let Some(pairs) = pairs(keys, outs)? else {
             return Ok(Expect::Error);
         };
-        for (_, v) in &pairs {
-            check_value_basics(v)?;
-        }
         if let Some(e) = self.key_type(&pairs)? {
             return Ok(e);
         }
