@@ -130,6 +130,12 @@ pub enum Error {
     #[error("cannot access '{path}': {message}")]
     Io { path: String, message: String },
 
+    // --- execution ---
+    /// An operation panicked while it ran on an engine thread; the panic was caught and
+    /// nothing it touched was committed.
+    #[error("an operation panicked while it ran: {message}")]
+    OperationPanicked { message: String },
+
     // --- devices ---
     /// A multi-device push on a store that allows only one fixed set of devices.
     #[error("key {key}: this store reduces over one fixed device set {expected:?}, got {found:?}")]

@@ -69,6 +69,45 @@ impl Optimizer {
 /// Per-key optimizer state: the momentum buffer, when the optimizer keeps one.
 pub type State = Option<Tensor>;
 
+impl Optimizer {
+    /// Whether a key's state fits a weight of `shape`: a state loaded from a file may not.
+    pub fn check_state(&self, state: &Option<State>, shape: &[usize]) -> Result<(), UpdateError> {
+        match state {
+            Some(Some(m)) if m.shape() != shape => Err(UpdateError(format!(
+                "momentum state of shape {:?} for a weight of shape {:?}",
+                m.shape(),
+                shape
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// One update of `stored` with the merged gradient (R46). `state` is the key's entry in the
+    /// states map: `None` before the key's first update, which creates it. On error nothing
+    /// changes.
+    pub fn update(
+        &self,
+        state: &mut Option<State>,
+        merged: &Value,
+        stored: &mut Value,
+    ) -> Result<(), UpdateError> {
+        let Optimizer::Sgd(p) = self;
+        let weight = stored.to_dense();
+        let current = match state {
+            Some(state) => state.clone(),
+            None => (p.momentum != 0.0)
+                .then(|| Tensor::zeros(weight.shape().to_vec(), weight.dtype()))
+                .transpose()
+                .map_err(|e| UpdateError(e.to_string()))?,
+        };
+        self.check_state(state, weight.shape())?;
+        let (new_weight, new_state) = sgd_step(p, &weight, current.as_ref(), merged);
+        *stored = Value::Dense(new_weight.on(stored.device()));
+        *state = Some(new_state);
+        Ok(())
+    }
+}
+
 /// An optimizer with its per-key states: the updater `set_optimizer` installs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerUpdater {
@@ -106,6 +145,13 @@ impl OptimizerUpdater {
     /// The per-key states.
     pub fn states(&self) -> &BTreeMap<Key, State> {
         &self.states
+    }
+
+    /// An optimizer with the given per-key states (what a backend that keeps states beside its
+    /// keys reports).
+    pub fn with_states(optimizer: Optimizer, states: BTreeMap<Key, State>) -> Result<Self> {
+        optimizer.validate()?;
+        Ok(OptimizerUpdater { optimizer, states })
     }
 
     /// The states, and the optimizer too when `dump_optimizer` (R47).
@@ -150,29 +196,9 @@ impl OptimizerUpdater {
 
 impl Updater for OptimizerUpdater {
     fn update(&mut self, key: &Key, merged: &Value, stored: &mut Value) -> Result<(), UpdateError> {
-        let Optimizer::Sgd(p) = &self.optimizer;
-        let weight = stored.to_dense();
-        let state = match self.states.remove(key) {
-            Some(state) => state,
-            None => (p.momentum != 0.0)
-                .then(|| Tensor::zeros(weight.shape().to_vec(), weight.dtype()))
-                .transpose()
-                .map_err(|e| UpdateError(e.to_string()))?,
-        };
-        if let Some(m) = &state {
-            if m.shape() != weight.shape() {
-                let reason = format!(
-                    "momentum state of shape {:?} for a weight of shape {:?}",
-                    m.shape(),
-                    weight.shape()
-                );
-                self.states.insert(key.clone(), state);
-                return Err(UpdateError(reason));
-            }
-        }
-        let (new_weight, new_state) = sgd_step(p, &weight, state.as_ref(), merged);
-        *stored = Value::Dense(new_weight.on(stored.device()));
-        self.states.insert(key.clone(), new_state);
+        let mut state = self.states.get(key).cloned();
+        self.optimizer.update(&mut state, merged, stored)?;
+        self.states.insert(key.clone(), state.flatten());
         Ok(())
     }
 

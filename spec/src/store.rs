@@ -218,9 +218,30 @@ impl LocalStore {
 
     fn push_unchecked(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
         self.fix_key_type(pairs.iter().map(|(k, _)| k))?;
-        for (key, values) in self.group(pairs)? {
+        let groups = self.group(pairs)?;
+        // Every argument of every key is checked before any key is merged (R59).
+        for (key, values) in &groups {
+            self.check_group(key, values)?;
+        }
+        for (key, values) in groups {
             let merged = self.merge(&key, &values)?;
             self.apply(&key, merged)?;
+        }
+        Ok(())
+    }
+
+    /// The checks of one key's pushed values (R18, R23, R42).
+    fn check_group(&mut self, key: &Key, values: &[&Value]) -> Result<()> {
+        let dtype = self.entry(key)?.value.dtype();
+        for value in values {
+            self.check_shape(key, value)?;
+            self.check_dense_only(key, value)?;
+        }
+        self.check_nccl_devices(key, values)?;
+        if self.compression.is_some() {
+            for value in values {
+                transfer::check_compressible(key, dtype, value)?;
+            }
         }
         Ok(())
     }
@@ -228,11 +249,6 @@ impl LocalStore {
     /// The sum of one key's pushed values in the key's dtype, compressed first when set (R17, R42).
     fn merge(&mut self, key: &Key, values: &[&Value]) -> Result<Value> {
         let dtype = self.entry(key)?.value.dtype();
-        for value in values {
-            self.check_shape(key, value)?;
-            self.check_dense_only(key, value)?;
-        }
-        self.check_nccl_devices(key, values)?;
         let values: Vec<Value> = match self.compression {
             Some(c) => self.compress_all(c, key, dtype, values)?,
             None => values.iter().map(|v| (*v).clone()).collect(),
@@ -362,6 +378,14 @@ impl LocalStore {
         outs: &[(Key, Value)],
     ) -> Result<Vec<Value>> {
         self.transact(|s| {
+            // The pull's arguments are checked before the push runs (R59): on a copy that has
+            // the push's key type but none of its work.
+            let mut probe = s.clone();
+            probe.fix_key_type(pairs.iter().map(|(k, _)| k))?;
+            for (key, values) in probe.group(pairs)? {
+                probe.check_group(&key, &values)?;
+            }
+            probe.pull_unchecked(outs, true)?;
             s.push_unchecked(pairs)?;
             s.pull_unchecked(outs, true)
         })

@@ -47,6 +47,22 @@ pub fn row_sparse_output(key: &Key, stored: &Value, out: &Value, ids: &[i64]) ->
     ))
 }
 
+/// Only dense f32 values of f32 keys can be compressed (R42, decision 9).
+pub fn check_compressible(key: &Key, key_dtype: DType, value: &Value) -> Result<()> {
+    match value {
+        Value::Dense(t) if t.dtype() == DType::F32 && key_dtype == DType::F32 => Ok(()),
+        other => Err(Error::CompressionUnsupportedValue {
+            key: key.clone(),
+            stype: other.stype(),
+            dtype: if other.dtype() == DType::F32 {
+                key_dtype
+            } else {
+                other.dtype()
+            },
+        }),
+    }
+}
+
 /// Quantises one pushed value with its residual and returns what the receiver decodes (R42, R43).
 ///
 /// An empty `residual` is a fresh slot and starts at zeros.
@@ -57,20 +73,8 @@ pub fn compress(
     value: &Value,
     residual: &mut Vec<f32>,
 ) -> Result<Value> {
-    let grad = match value {
-        Value::Dense(t) if t.dtype() == DType::F32 && key_dtype == DType::F32 => t.to_f32(),
-        other => {
-            return Err(Error::CompressionUnsupportedValue {
-                key: key.clone(),
-                stype: other.stype(),
-                dtype: if other.dtype() == DType::F32 {
-                    key_dtype
-                } else {
-                    other.dtype()
-                },
-            })
-        }
-    };
+    check_compressible(key, key_dtype, value)?;
+    let grad = value.to_f32();
     if residual.is_empty() {
         residual.resize(grad.len(), 0.0);
     }

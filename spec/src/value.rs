@@ -385,6 +385,16 @@ impl Tensor {
         Tensor::new(shape, Data::from_f64(dtype, &vec![value; n]))
     }
 
+    /// A one-dimensional f32 tensor with no elements; it holds no heap memory, so it serves
+    /// as a free placeholder.
+    pub fn default_empty() -> Tensor {
+        Tensor {
+            shape: vec![0],
+            data: Data::F32(Vec::new()),
+            device: Device::default(),
+        }
+    }
+
     /// The same tensor placed on `device`.
     pub fn on(mut self, device: Device) -> Tensor {
         self.device = device;
@@ -414,6 +424,33 @@ impl Tensor {
     /// The elements as f32 (see [`Data::to_f32`]).
     pub fn to_f32(&self) -> Vec<f32> {
         self.data.to_f32()
+    }
+
+    /// The float32 elements for writing in place, when the dtype is f32. The length is fixed,
+    /// so the tensor stays valid.
+    pub fn f32_mut(&mut self) -> Option<&mut [f32]> {
+        match &mut self.data {
+            Data::F32(xs) => Some(xs),
+            _ => None,
+        }
+    }
+
+    /// The float32 elements, when the dtype is f32.
+    pub fn f32s(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::F32(xs) => Some(xs),
+            _ => None,
+        }
+    }
+
+    /// Moves the tensor to `device` in place.
+    pub fn set_device(&mut self, device: Device) {
+        self.device = device;
+    }
+
+    /// Takes the tensor apart, so its buffers can be reused.
+    pub fn into_parts(self) -> (Vec<usize>, Data, Device) {
+        (self.shape, self.data, self.device)
     }
 
     /// The same values in another dtype (R36).
@@ -554,6 +591,24 @@ impl RowSparse {
         }
     }
 
+    /// The float32 rows, when the dtype is f32.
+    pub fn f32s(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::F32(xs) => Some(xs),
+            _ => None,
+        }
+    }
+
+    /// Moves the tensor to `device` in place.
+    pub fn set_device(&mut self, device: Device) {
+        self.device = device;
+    }
+
+    /// Takes the tensor apart, so its buffers can be reused.
+    pub fn into_parts(self) -> (Vec<usize>, Vec<i64>, Data, Device) {
+        (self.shape, self.ids, self.data, self.device)
+    }
+
     /// The same values in another dtype (R36).
     pub fn cast(&self, dtype: DType) -> RowSparse {
         RowSparse {
@@ -573,6 +628,14 @@ pub enum Value {
 }
 
 impl Value {
+    /// Moves the value to `device` in place.
+    pub fn set_device(&mut self, device: Device) {
+        match self {
+            Value::Dense(t) => t.set_device(device),
+            Value::RowSparse(r) => r.set_device(device),
+        }
+    }
+
     /// The shape.
     pub fn shape(&self) -> &[usize] {
         match self {

@@ -1,39 +1,71 @@
 //! Conversions from idiomatic Rust arguments into [`Values`] and [`RowIds`].
 //!
-//! Inputs (`init`, `push`) take anything that gives a value: `Tensor`, `RowSparse`, `Value`,
-//! `NdArray` (copied), by value or by reference. Outputs (`pull`, ...) take `NdArray` handles.
+//! Inputs (`init`, `push`) take anything that gives a value: `Tensor`, `RowSparse`, `Value`
+//! (moved or copied), `NdArray` (read in engine order), by value or by reference. Outputs (`pull`, ...) take `NdArray` handles.
 //! Each comes alone, in a `Vec` or array (one key on several devices, or one per key), or as a
 //! `Vec` of `Vec`s (several keys, several devices each).
 
 use crate::array::NdArray;
 use crate::normalize::{Item, Values};
 use kvstore_spec::{RowSparse, Tensor, Value};
+use std::sync::Arc;
 
-/// Something that gives a value to send: copied when the call is made (R12, R20).
-pub trait IntoValue {
-    /// The value.
-    fn into_value(self) -> Value;
+/// A value given to `init`, `push`, `pushpull` or `broadcast`.
+///
+/// An owned value is moved into the store. An [`NdArray`] is read when the operation runs, in
+/// engine order: a later write to the array waits until the push has read it, so the store
+/// never sees a change made after the call (R12, R20) and no copy is made.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A value owned by the call.
+    Value(Arc<Value>),
+    /// An array read when the operation runs.
+    Array(NdArray),
 }
 
-macro_rules! into_value {
+impl Input {
+    /// The value now, without waiting (inside an engine operation, or for metadata).
+    pub(crate) fn snapshot(&self) -> Arc<Value> {
+        match self {
+            Input::Value(v) => Arc::clone(v),
+            Input::Array(a) => a.snapshot(),
+        }
+    }
+
+    /// A copy of the value once pending writes to it are done.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Input::Value(v) => Value::clone(v),
+            Input::Array(a) => a.value(),
+        }
+    }
+}
+
+/// Something that gives a value to send (R12, R20).
+pub trait IntoInput {
+    /// The input.
+    fn into_input(self) -> Input;
+}
+
+macro_rules! into_input {
     ($($t:ty => |$x:ident| $e:expr),* $(,)?) => {$(
-        impl IntoValue for $t {
-            fn into_value(self) -> Value {
+        impl IntoInput for $t {
+            fn into_input(self) -> Input {
                 let $x = self;
                 $e
             }
         }
     )*};
 }
-into_value!(
-    Value => |v| v,
-    &Value => |v| v.clone(),
-    Tensor => |t| Value::Dense(t),
-    &Tensor => |t| Value::Dense(t.clone()),
-    RowSparse => |r| Value::RowSparse(r),
-    &RowSparse => |r| Value::RowSparse(r.clone()),
-    NdArray => |a| a.value(),
-    &NdArray => |a| a.value(),
+into_input!(
+    Value => |v| Input::Value(Arc::new(v)),
+    &Value => |v| Input::Value(Arc::new(v.clone())),
+    Tensor => |t| Input::Value(Arc::new(Value::Dense(t))),
+    &Tensor => |t| Input::Value(Arc::new(Value::Dense(t.clone()))),
+    RowSparse => |r| Input::Value(Arc::new(Value::RowSparse(r))),
+    &RowSparse => |r| Input::Value(Arc::new(Value::RowSparse(r.clone()))),
+    NdArray => |a| Input::Array(a),
+    &NdArray => |a| Input::Array(a.clone()),
 );
 
 /// Something usable as an output of a pull: an [`NdArray`] handle.
@@ -55,7 +87,7 @@ impl IntoOutput for &NdArray {
 }
 
 /// The values of an `init` or `push`.
-pub type Inputs = Values<Value>;
+pub type Inputs = Values<Input>;
 /// The outputs of a `pull`, `row_sparse_pull`, `pushpull` or `broadcast`.
 pub type Outputs = Values<NdArray>;
 
@@ -107,7 +139,13 @@ macro_rules! values_from {
         }
     };
 }
-values_from!(Inputs, IntoValue, into_value);
+values_from!(Inputs, IntoInput, into_input);
+
+impl From<Values<Value>> for Inputs {
+    fn from(values: Values<Value>) -> Self {
+        values.map(IntoInput::into_input)
+    }
+}
 values_from!(Outputs, IntoOutput, into_output);
 
 /// The row ids of a `row_sparse_pull`: one list for every output, or one list per output.

@@ -1,11 +1,40 @@
-//! `NdArray`: a shared handle to a value, the type pulls write into.
+//! `NdArray`: a shared handle to a value, the type pulls write into and pushes can read from.
 //!
 //! Cloning a handle shares the value, as an MXNet NDArray does; what a pull writes is seen
-//! through every clone. Reads go through [`NdArray::value`], which is where an asynchronous
-//! engine makes the caller wait for pending writes.
+//! through every clone. Each array owns an engine variable: a pull into it is a write, a push
+//! from it a read, so the engine orders them with every other operation on the array, and
+//! reads by the caller ([`NdArray::value`], [`NdArray::to_f32`]) wait for pending writes.
 
-use kvstore_spec::{DType, Device, Result, RowSparse, StorageType, Tensor, Value};
+use kvstore_engine::{OpPanicked, Var};
+use kvstore_spec::{DType, Device, Error, Result, RowSparse, StorageType, Tensor, Value};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// An error raised while an operation ran on the engine, carried to the next wait.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Failure(pub Error);
+
+impl From<OpPanicked> for Failure {
+    fn from(p: OpPanicked) -> Self {
+        Failure(Error::OperationPanicked { message: p.0 })
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure(e)
+    }
+}
+
+/// An engine variable whose errors are store errors.
+pub(crate) type EngineVar = Var<Failure>;
+
+#[derive(Debug)]
+struct Shared {
+    /// The value behind an `Arc`: an operation that reads the array takes a snapshot (a
+    /// pointer copy); a write updates in place when no snapshot is alive.
+    value: Mutex<Arc<Value>>,
+    var: EngineVar,
+}
 
 /// A shared, mutable handle to a [`Value`].
 ///
@@ -19,14 +48,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// ```
 #[derive(Debug, Clone)]
 pub struct NdArray {
-    value: Arc<Mutex<Value>>,
+    shared: Arc<Shared>,
 }
 
 impl NdArray {
     /// A handle holding `value`.
     pub fn new(value: impl Into<Value>) -> NdArray {
         NdArray {
-            value: Arc::new(Mutex::new(value.into())),
+            shared: Arc::new(Shared {
+                value: Mutex::new(Arc::new(value.into())),
+                var: EngineVar::new(),
+            }),
         }
     }
 
@@ -50,56 +82,80 @@ impl NdArray {
         NdArray::new(self.value().on(device))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Value> {
-        // A panic while holding the lock cannot leave a half-written value: writes replace the
-        // whole value in one assignment.
-        self.value.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Arc<Value>> {
+        // Writes replace or update the value while holding the lock and never panic half-way
+        // through a value's invariants, so a poisoned lock still holds a valid value.
+        self.shared
+            .value
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A copy of the current value.
+    /// The value now, without waiting for pending operations (their metadata never changes
+    /// what shape, dtype, storage type or device the array has).
+    pub(crate) fn snapshot(&self) -> Arc<Value> {
+        Arc::clone(&self.lock())
+    }
+
+    /// Runs `f` on the value for writing; used by engine operations, which the engine has
+    /// already given exclusive access to the array.
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(&mut Value) -> R) -> R {
+        let mut guard = self.lock();
+        f(Arc::make_mut(&mut guard))
+    }
+
+    pub(crate) fn var(&self) -> &EngineVar {
+        &self.shared.var
+    }
+
+    /// A copy of the value, once every pending write to the array is done.
     pub fn value(&self) -> Value {
-        self.lock().clone()
+        self.shared.var.wait_idle();
+        Value::clone(&self.snapshot())
     }
 
-    /// Replaces the value (what `a[:] = ...` does in MXNet).
+    /// Replaces the value (what `a[:] = ...` does in MXNet), after every pending operation on
+    /// the array is done.
     pub fn set(&self, value: impl Into<Value>) {
-        *self.lock() = value.into();
+        self.shared.var.wait_idle();
+        *self.lock() = Arc::new(value.into());
     }
 
-    /// Waits until every pending write to this array is done, and reports its error if one
-    /// failed. Calls run synchronously for now, so there is never anything to wait for.
+    /// Waits until every pending operation on this array is done, and reports the earliest
+    /// error one of them raised (once; later errors stay for the next wait).
     pub fn wait(&self) -> Result<()> {
-        Ok(())
+        self.shared.var.wait().map_err(|f| f.0)
     }
 
-    /// The dense equivalent as float32.
+    /// The dense equivalent as float32, once pending writes are done.
     pub fn to_f32(&self) -> Vec<f32> {
-        self.lock().to_f32()
+        self.shared.var.wait_idle();
+        self.snapshot().to_f32()
     }
 
     /// The shape.
     pub fn shape(&self) -> Vec<usize> {
-        self.lock().shape().to_vec()
+        self.snapshot().shape().to_vec()
     }
 
     /// The element type.
     pub fn dtype(&self) -> DType {
-        self.lock().dtype()
+        self.snapshot().dtype()
     }
 
     /// Dense or row_sparse.
     pub fn stype(&self) -> StorageType {
-        self.lock().stype()
+        self.snapshot().stype()
     }
 
     /// The device.
     pub fn device(&self) -> Device {
-        self.lock().device()
+        self.snapshot().device()
     }
 
     /// Whether two handles share one value.
     pub fn same_array(&self, other: &NdArray) -> bool {
-        Arc::ptr_eq(&self.value, &other.value)
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 

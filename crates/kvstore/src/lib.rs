@@ -24,11 +24,15 @@
 
 mod args;
 mod array;
+pub mod backend;
+mod engine_store;
 pub mod normalize;
+mod ops;
+mod spec_store;
 mod store;
 pub mod trace;
 
-pub use args::{Inputs, IntoOutput, IntoValue, Outputs, RowIds};
+pub use args::{Input, Inputs, IntoInput, IntoOutput, Outputs, RowIds};
 pub use array::NdArray;
 pub use kvstore_spec::codec::{Compression, CompressionType};
 pub use kvstore_spec::optimizer::{Optimizer, Sgd};
@@ -37,7 +41,7 @@ pub use kvstore_spec::{
     DType, Data, Device, Error, Key, KeyType, Result, RowSparse, StorageType, Tensor, Value,
 };
 pub use normalize::{normalize, IntoKey, Item, Keys, Values};
-pub use store::{create, KvStore, PullOptions};
+pub use store::{create, create_with, BackendKind, KvStore, Options, PullOptions};
 
 /// The executable specification this crate is checked against.
 pub use kvstore_spec as spec;

@@ -1,16 +1,21 @@
 //! `KvStore`: the handle users call.
 
-use crate::args::{Inputs, Outputs, RowIds};
+use crate::args::{Input, Inputs, Outputs, RowIds};
 use crate::array::NdArray;
+use crate::backend::{CpuBackend, SpecBackend};
+use crate::engine_store::EngineStore;
 use crate::normalize::{normalize, Keys, Values};
+use crate::ops::StoreOps;
+use crate::spec_store::SpecStore;
 use crate::trace::{Op, Recorder, RowIdsArg, UpdaterSpec};
 use kvstore_spec::codec::{Compression, CompressionType};
 use kvstore_spec::kind::{Kind, StoreClass};
 use kvstore_spec::optimizer::Optimizer;
-use kvstore_spec::store::LocalStore;
+use kvstore_spec::store::Observable;
 use kvstore_spec::updater::Updater;
 use kvstore_spec::{Error, Key, Result, Value};
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
 
 /// Options of a pull.
@@ -31,7 +36,68 @@ impl Default for PullOptions {
     }
 }
 
-/// Creates a store of the given kind (R1, R2, R6).
+/// Where a store's work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// The dependency engine with the CPU backend: asynchronous, multi-core (the default).
+    #[default]
+    Cpu,
+    /// The executable specification, one call at a time: the oracle.
+    Spec,
+    /// The dependency engine with the spec's reference code as its backend: isolates the
+    /// engine in the equivalence suites.
+    EngineSpec,
+}
+
+impl BackendKind {
+    /// The name `FromStr` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Spec => "spec",
+            BackendKind::EngineSpec => "engine-spec",
+        }
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(BackendKind::Cpu),
+            "spec" => Ok(BackendKind::Spec),
+            "engine-spec" => Ok(BackendKind::EngineSpec),
+            other => Err(Error::UnsupportedKind {
+                kind: other.into(),
+                reason: "backends are cpu, spec and engine-spec".into(),
+            }),
+        }
+    }
+}
+
+/// How [`create_with`] builds a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Where the work runs.
+    pub backend: BackendKind,
+    /// Engine worker threads (operations on different keys in flight at once); the CPU
+    /// backend's kernels also split large arrays across every core.
+    pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backend: BackendKind::default(),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get().clamp(2, 8))
+                .unwrap_or(2),
+        }
+    }
+}
+
+/// Creates a store of the given kind (R1, R2, R6) on the default backend (engine + CPU).
 ///
 /// Single-process kinds (`local`, `device`, `nccl`, and any name without `dist`) are available
 /// here. Distributed kinds need the distributed runtime and are refused with
@@ -43,6 +109,18 @@ impl Default for PullOptions {
 /// # Ok::<(), kvstore::Error>(())
 /// ```
 pub fn create(kind: &str) -> Result<KvStore> {
+    create_with(kind, Options::default())
+}
+
+/// Creates a store of the given kind with explicit [`Options`], e.g. on the specification.
+///
+/// ```
+/// use kvstore::{BackendKind, Options};
+/// let kv = kvstore::create_with("local", Options { backend: BackendKind::Spec, ..Options::default() })?;
+/// assert_eq!(kv.backend(), BackendKind::Spec);
+/// # Ok::<(), kvstore::Error>(())
+/// ```
+pub fn create_with(kind: &str, options: Options) -> Result<KvStore> {
     let kind = Kind::parse(kind)?;
     if kind.class() == StoreClass::Dist {
         return Err(Error::UnsupportedKind {
@@ -50,7 +128,7 @@ pub fn create(kind: &str) -> Result<KvStore> {
             reason: "distributed stores need the distributed runtime, which this build does not include yet".into(),
         });
     }
-    KvStore::new(kind)
+    KvStore::new(kind, options)
 }
 
 /// A key/value store for parameter synchronisation. `Send + Sync`: share it across threads.
@@ -70,23 +148,9 @@ pub fn create(kind: &str) -> Result<KvStore> {
 #[derive(Debug)]
 pub struct KvStore {
     kind: Kind,
-    inner: Mutex<LocalStore>,
+    backend: BackendKind,
+    inner: Box<dyn StoreOps>,
     recorder: Mutex<Option<Recorder>>,
-}
-
-/// Runs an operation that fills outputs: it sees each output's current content and returns
-/// each one's new content, which is written only when the whole call succeeded (R7).
-fn fill(
-    store: &mut LocalStore,
-    outs: &[(Key, NdArray)],
-    op: impl FnOnce(&mut LocalStore, &[(Key, Value)]) -> Result<Vec<Value>>,
-) -> Result<()> {
-    let current: Vec<(Key, Value)> = outs.iter().map(|(k, a)| (k.clone(), a.value())).collect();
-    let values = op(store, &current)?;
-    for ((_, array), value) in outs.iter().zip(values) {
-        array.set(value);
-    }
-    Ok(())
 }
 
 /// What a trace records of outputs: their current contents.
@@ -94,34 +158,64 @@ fn contents(outs: &Outputs) -> Values<Value> {
     outs.as_ref().map(NdArray::value)
 }
 
+/// What a trace records of inputs: their values.
+fn input_values(values: &Inputs) -> Values<Value> {
+    values.as_ref().map(Input::to_value)
+}
+
 impl KvStore {
-    fn new(kind: Kind) -> Result<KvStore> {
+    fn new(kind: Kind, options: Options) -> Result<KvStore> {
+        let inner: Box<dyn StoreOps> = match options.backend {
+            BackendKind::Spec => Box::new(SpecStore::new(kind.clone())?),
+            BackendKind::Cpu => {
+                Box::new(EngineStore::new(kind.clone(), CpuBackend, options.workers)?)
+            }
+            BackendKind::EngineSpec => Box::new(EngineStore::new(
+                kind.clone(),
+                SpecBackend,
+                options.workers,
+            )?),
+        };
         Ok(KvStore {
-            inner: Mutex::new(LocalStore::new(kind.clone())?),
+            inner,
             recorder: Mutex::new(None),
             kind,
+            backend: options.backend,
         })
     }
 
-    /// Locks the store, records the call when a recording is on, and runs it. Recording under
-    /// the store's lock makes the trace's order the order in which calls took effect.
+    /// Where this store's work runs.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Records the call when a recording is on, and runs it. The recorder's lock is held
+    /// across the call, so a trace's order is the order in which calls were issued.
     fn call<T>(
         &self,
         op: impl FnOnce() -> Op,
-        run: impl FnOnce(&mut LocalStore) -> Result<T>,
+        run: impl FnOnce(&dyn StoreOps) -> Result<T>,
     ) -> Result<T> {
-        // Every operation commits by replacing the whole store at its end (a transaction), so a
-        // panic inside one cannot leave a half-applied state behind the lock.
-        let mut store = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(recorder) = self
-            .recorder
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-        {
+        let mut recorder = self.recorder.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(recorder) = recorder.as_mut() {
             recorder.record(&op());
         }
-        run(&mut store)
+        run(self.inner.as_ref())
+    }
+
+    /// [`KvStore::call`] for calls whose arguments both the trace and the store use: the
+    /// trace borrows them, the store then takes them (no copy unless recording).
+    fn call_with<A, T>(
+        &self,
+        args: A,
+        op: impl FnOnce(&A) -> Op,
+        run: impl FnOnce(&dyn StoreOps, A) -> Result<T>,
+    ) -> Result<T> {
+        let mut recorder = self.recorder.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(recorder) = recorder.as_mut() {
+            recorder.record(&op(&args));
+        }
+        run(self.inner.as_ref(), args)
     }
 
     /// Starts writing every call to `sink` as a trace (docs/trace-format.md), beginning with a
@@ -154,13 +248,11 @@ impl KvStore {
         recorder.record(&Op::Create {
             kind: self.kind.name().to_owned(),
         });
-        let _store = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         *self.recorder.lock().unwrap_or_else(PoisonError::into_inner) = Some(recorder);
     }
 
     /// Stops the recording and reports the first error writing it, if any.
     pub fn stop_recording(&self) -> Result<()> {
-        let _store = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let recorder = self
             .recorder
             .lock()
@@ -195,18 +287,23 @@ impl KvStore {
         self.kind.is_capable(capability)
     }
 
-    /// Stores a copy of each value under its key (R12, R13).
+    /// Stores a copy of each value under its key (R12, R13). Synchronous: when it returns,
+    /// the keys exist.
     pub fn init(&self, keys: impl Into<Keys>, values: impl Into<Inputs>) -> Result<()> {
         let (keys, values) = (keys.into(), values.into());
-        let op = || Op::Init {
-            keys: keys.clone(),
-            values: values.clone(),
-        };
-        self.call(op, |s| s.init(&normalize(keys.clone(), values.clone())?))
+        self.call_with(
+            (keys, values),
+            |(keys, values)| Op::Init {
+                keys: keys.clone(),
+                values: input_values(&values),
+            },
+            |s, (keys, values)| s.init(normalize(keys, values)?),
+        )
     }
 
     /// Pushes values: per key, the sum over all values given for it replaces the stored value,
-    /// or goes to the updater (R15-R22).
+    /// or goes to the updater (R15-R22). Returns once the push is queued; argument errors
+    /// return at once, an updater's error at the next [`KvStore::wait_all`].
     pub fn push(&self, keys: impl Into<Keys>, values: impl Into<Inputs>) -> Result<()> {
         self.push_with_priority(keys, values, 0)
     }
@@ -219,15 +316,19 @@ impl KvStore {
         priority: i32,
     ) -> Result<()> {
         let (keys, values) = (keys.into(), values.into());
-        let op = || Op::Push {
-            keys: keys.clone(),
-            values: values.clone(),
-            priority,
-        };
-        self.call(op, |s| s.push(&normalize(keys.clone(), values.clone())?))
+        self.call_with(
+            (keys, values),
+            |(keys, values)| Op::Push {
+                keys: keys.clone(),
+                values: input_values(&values),
+                priority,
+            },
+            |s, (keys, values)| s.push(normalize(keys, values)?, priority),
+        )
     }
 
-    /// Copies each key's value into its outputs (R25-R29).
+    /// Copies each key's value into its outputs (R25-R29). Returns once queued; reading an
+    /// output waits for it.
     pub fn pull(&self, keys: impl Into<Keys>, outs: impl Into<Outputs>) -> Result<()> {
         self.pull_with(keys, outs, PullOptions::default())
     }
@@ -240,18 +341,22 @@ impl KvStore {
         options: PullOptions,
     ) -> Result<()> {
         let (keys, outs) = (keys.into(), outs.into());
-        let op = || Op::Pull {
-            keys: keys.clone(),
-            outs: contents(&outs),
-            priority: options.priority,
-            ignore_sparse: options.ignore_sparse,
-        };
-        self.call(op, |s| {
-            let outs = normalize(keys.clone(), outs.clone())?;
-            fill(s, &outs, |s, current| {
-                s.pull(current, options.ignore_sparse)
-            })
-        })
+        self.call_with(
+            (keys, outs),
+            |(keys, outs)| Op::Pull {
+                keys: keys.clone(),
+                outs: contents(&outs),
+                priority: options.priority,
+                ignore_sparse: options.ignore_sparse,
+            },
+            |s, (keys, outs)| {
+                s.pull(
+                    normalize(keys, outs)?,
+                    options.ignore_sparse,
+                    options.priority,
+                )
+            },
+        )
     }
 
     /// Pulls only the rows `row_ids` into row_sparse outputs (R30-R33).
@@ -273,19 +378,21 @@ impl KvStore {
         priority: i32,
     ) -> Result<()> {
         let (keys, outs, row_ids) = (keys.into(), outs.into(), row_ids.into().0);
-        let op = || Op::RowSparsePull {
-            keys: keys.clone(),
-            outs: contents(&outs),
-            row_ids: match row_ids.as_slice() {
-                [one] => RowIdsArg::One(one.clone()),
-                many => RowIdsArg::PerOutput(many.to_vec()),
+        self.call_with(
+            (keys, outs, row_ids),
+            |(keys, outs, row_ids)| Op::RowSparsePull {
+                keys: keys.clone(),
+                outs: contents(&outs),
+                row_ids: match row_ids.as_slice() {
+                    [one] => RowIdsArg::One(one.clone()),
+                    many => RowIdsArg::PerOutput(many.to_vec()),
+                },
+                priority,
             },
-            priority,
-        };
-        self.call(op, |s| {
-            let outs = normalize(keys.clone(), outs.clone())?;
-            fill(s, &outs, |s, current| s.row_sparse_pull(current, &row_ids))
-        })
+            |s, (keys, outs, row_ids)| {
+                s.row_sparse_pull(normalize(keys, outs)?, &row_ids, priority)
+            },
+        )
     }
 
     /// Pushes `values`, then pulls into `outs`, as one call (R34). Pass the value handles as
@@ -297,16 +404,18 @@ impl KvStore {
         outs: impl Into<Outputs>,
     ) -> Result<()> {
         let (keys, values, outs) = (keys.into(), values.into(), outs.into());
-        let op = || Op::PushPull {
-            keys: keys.clone(),
-            values: values.clone(),
-            outs: Some(contents(&outs)),
-        };
-        self.call(op, |s| {
-            let pairs = normalize(keys.clone(), values.clone())?;
-            let outs = normalize(keys.clone(), outs.clone())?;
-            fill(s, &outs, |s, current| s.pushpull(&pairs, current))
-        })
+        self.call_with(
+            (keys, values, outs),
+            |(keys, values, outs)| Op::PushPull {
+                keys: keys.clone(),
+                values: input_values(&values),
+                outs: Some(contents(&outs)),
+            },
+            |s, (keys, values, outs)| {
+                let pairs = normalize(keys.clone(), values)?;
+                s.pushpull(pairs, normalize(keys, outs)?)
+            },
+        )
     }
 
     /// Initialises keys with `values`, then pulls them into `outs`, as one call (R34).
@@ -317,16 +426,18 @@ impl KvStore {
         outs: impl Into<Outputs>,
     ) -> Result<()> {
         let (keys, values, outs) = (keys.into(), values.into(), outs.into());
-        let op = || Op::Broadcast {
-            keys: keys.clone(),
-            values: values.clone(),
-            outs: contents(&outs),
-        };
-        self.call(op, |s| {
-            let pairs = normalize(keys.clone(), values.clone())?;
-            let outs = normalize(keys.clone(), outs.clone())?;
-            fill(s, &outs, |s, current| s.broadcast(&pairs, current))
-        })
+        self.call_with(
+            (keys, values, outs),
+            |(keys, values, outs)| Op::Broadcast {
+                keys: keys.clone(),
+                values: input_values(&values),
+                outs: contents(&outs),
+            },
+            |s, (keys, values, outs)| {
+                let pairs = normalize(keys.clone(), values)?;
+                s.broadcast(pairs, normalize(keys, outs)?)
+            },
+        )
     }
 
     /// Turns on 2-bit or 1-bit gradient compression (R3, R37-R44).
@@ -366,13 +477,7 @@ impl KvStore {
 
     /// Runs `updater(key, merged, stored)` on every push (R21, R22).
     pub fn set_updater(&self, updater: impl Updater + 'static) {
-        let op = || Op::SetUpdater {
-            updater: UpdaterSpec::Custom,
-        };
-        let _ = self.call(op, |s| {
-            s.set_updater(Box::new(updater));
-            Ok(())
-        });
+        self.set_traced_updater(UpdaterSpec::Custom, updater)
     }
 
     /// Installs an updater a trace names (trace replay, tests).
@@ -398,12 +503,15 @@ impl KvStore {
         Ok(())
     }
 
-    /// Waits for every pending operation; calls run synchronously for now.
+    /// Waits until every operation issued before the call has finished, and reports the
+    /// earliest error one of them raised while running (once; later ones stay for the next
+    /// call).
     pub fn wait_all(&self) -> Result<()> {
-        self.call(|| Op::WaitAll, |_| Ok(()))
+        self.call(|| Op::WaitAll, |s| s.wait_all())
     }
 
-    /// Writes the optimizer states (and the optimizer when `dump_optimizer`) to `path` (R47).
+    /// Writes the optimizer states (and the optimizer when `dump_optimizer`) to `path` (R47),
+    /// after every push issued before the call.
     pub fn save_optimizer_states(
         &self,
         path: impl AsRef<Path>,
@@ -430,13 +538,15 @@ impl KvStore {
         })
     }
 
-    /// A copy of what a key holds now, for inspection and tests.
+    /// A copy of what a key holds once every operation issued on it before has finished.
     pub fn value_of(&self, key: impl Into<Key>) -> Option<Value> {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .value(&key.into())
-            .cloned()
+        self.inner.value_of(&key.into())
+    }
+
+    /// Everything a caller can observe (values, residuals, optimizer states), after every
+    /// operation issued before: what the equivalence suites compare with the spec.
+    pub fn observable(&self) -> Result<Observable> {
+        self.inner.observable()
     }
 }
 

@@ -1,0 +1,137 @@
+//! An engine's shared state: the ready queue its workers take ops from, the ops it has issued and
+//! not completed, and its error list.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use crate::op::Op;
+use crate::sync::{self, Arc, Condvar, Mutex};
+
+pub(crate) struct Scheduler<E> {
+    state: Mutex<State<E>>,
+    /// Notified when an op becomes ready or the engine shuts down; workers wait on it.
+    work: Condvar,
+    /// Notified when an op completes; `wait_all` and shutdown wait on it.
+    completed: Condvar,
+}
+
+struct State<E> {
+    next_seq: u64,
+    ready: BinaryHeap<Ready<E>>,
+    /// Seqs of issued ops not yet completed.
+    incomplete: BTreeSet<u64>,
+    /// Errors of failed ops by seq, so the earliest issued is returned first.
+    errors: BTreeMap<u64, E>,
+    /// Set once no op is incomplete and the engine is dropped: idle workers then exit.
+    shutdown: bool,
+}
+
+/// A ready op in the heap: higher priority first, then lower seq (earlier issue).
+struct Ready<E>(Arc<Op<E>>);
+
+impl<E> Scheduler<E> {
+    pub(crate) fn new() -> Self {
+        Scheduler {
+            state: Mutex::new(State {
+                next_seq: 0,
+                ready: BinaryHeap::new(),
+                incomplete: BTreeSet::new(),
+                errors: BTreeMap::new(),
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            completed: Condvar::new(),
+        }
+    }
+
+    /// Issues an op: returns its seq, counted incomplete from now on.
+    pub(crate) fn issue(&self) -> u64 {
+        let mut state = sync::lock(&self.state);
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.incomplete.insert(seq);
+        seq
+    }
+
+    /// Queues an op whose vars are all granted.
+    pub(crate) fn schedule(&self, op: Arc<Op<E>>) {
+        sync::lock(&self.state).ready.push(Ready(op));
+        self.work.notify_one();
+    }
+
+    /// The next ready op, blocking while there is none; `None` once the engine shuts down.
+    pub(crate) fn next(&self) -> Option<Arc<Op<E>>> {
+        let mut state = sync::lock(&self.state);
+        loop {
+            if let Some(Ready(op)) = state.ready.pop() {
+                return Some(op);
+            }
+            if state.shutdown {
+                return None;
+            }
+            state = sync::wait(&self.work, state);
+        }
+    }
+
+    /// Marks op `seq` completed, recording its error.
+    pub(crate) fn complete(&self, seq: u64, error: Option<E>) {
+        let mut state = sync::lock(&self.state);
+        if let Some(error) = error {
+            state.errors.insert(seq, error);
+        }
+        state.incomplete.remove(&seq);
+        drop(state);
+        self.completed.notify_all();
+    }
+
+    /// Blocks until every op issued before the call has completed, then returns (and removes) the
+    /// earliest issued error in the list.
+    pub(crate) fn wait_all(&self) -> Result<(), E> {
+        let mut state = sync::lock(&self.state);
+        let issued = state.next_seq;
+        while state.incomplete.first().is_some_and(|&seq| seq < issued) {
+            state = sync::wait(&self.completed, state);
+        }
+        state
+            .errors
+            .pop_first()
+            .map_or(Ok(()), |(_, error)| Err(error))
+    }
+
+    /// Blocks until no op is incomplete, then tells the workers to exit.
+    pub(crate) fn shut_down(&self) {
+        let mut state = sync::lock(&self.state);
+        while !state.incomplete.is_empty() {
+            state = sync::wait(&self.completed, state);
+        }
+        state.shutdown = true;
+        drop(state);
+        self.work.notify_all();
+    }
+}
+
+impl<E> Ready<E> {
+    fn key(&self) -> (i32, std::cmp::Reverse<u64>) {
+        (self.0.priority, std::cmp::Reverse(self.0.seq))
+    }
+}
+
+impl<E> PartialEq for Ready<E> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl<E> Eq for Ready<E> {}
+
+impl<E> PartialOrd for Ready<E> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<E> Ord for Ready<E> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}

@@ -1,0 +1,379 @@
+//! Queue-time checks: every argument error a call can have is found here, from the keys'
+//! fixed metadata, before anything is queued. The checks follow the spec's order so that a
+//! call with several mistakes reports the same one (the equivalence suites compare errors).
+
+use super::slot::{ResidualId, Slot};
+use crate::args::Input;
+use crate::array::EngineVar;
+use crate::NdArray;
+use kvstore_spec::codec::Compression;
+use kvstore_spec::key::{self, KeyType};
+use kvstore_spec::kind::{Kind, StoreClass};
+use kvstore_spec::optimizer::{Optimizer, State};
+use kvstore_spec::updater::Updater;
+use kvstore_spec::{sparse, transfer, Device, Error, Key, Result, StorageType, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// The updater pushes apply, as it was when they were queued.
+#[derive(Debug, Clone)]
+pub(crate) enum UpdaterRef {
+    /// From `set_optimizer`; states live beside each key.
+    Optimizer(Arc<Optimizer>),
+    /// From `set_updater`; one instance shared by every key, so calls into it are serialised.
+    Custom(Arc<Mutex<Box<dyn Updater>>>),
+}
+
+/// What calls are checked against, guarded by the store's front lock.
+#[derive(Debug, Clone)]
+pub(crate) struct Front {
+    pub kind: Kind,
+    pub key_type: Option<KeyType>,
+    slots: HashMap<Key, Arc<Slot>>,
+    next_seq: i64,
+    pub compression: Option<Compression>,
+    pub updater: Option<UpdaterRef>,
+    /// Loaded optimizer states of keys not initialised yet; a later init adopts them, as the
+    /// spec's states map would serve them.
+    pub orphan_states: BTreeMap<Key, State>,
+    /// NCCL reduces over one device set, fixed by the first multi-device push (R23).
+    nccl_devices: Option<Vec<Device>>,
+}
+
+/// The part of [`Front`] a call may change, staged until all its checks pass.
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    key_type: Option<KeyType>,
+    nccl_devices: Option<Vec<Device>>,
+}
+
+/// Keys to create, checked.
+#[derive(Debug)]
+pub(crate) struct InitPlan {
+    key_type: Option<KeyType>,
+    values: Vec<(Key, Value)>,
+}
+
+/// One key of a push: its values in call order and their residual slots.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub slot: Arc<Slot>,
+    pub inputs: Vec<Input>,
+    pub residual_ids: Vec<ResidualId>,
+}
+
+/// A checked push: its keys in key order (R16).
+#[derive(Debug)]
+pub(crate) struct PushPlan {
+    pub groups: Vec<Group>,
+    pub compression: Option<Compression>,
+    pub updater: Option<UpdaterRef>,
+}
+
+/// A checked pull.
+#[derive(Debug)]
+pub(crate) struct PullPlan {
+    pub items: Vec<(Arc<Slot>, NdArray)>,
+    pub ignore_sparse: bool,
+}
+
+/// A checked row_sparse_pull: each output with its sorted, unique ids.
+#[derive(Debug)]
+pub(crate) struct RowSparsePlan {
+    pub items: Vec<(Arc<Slot>, NdArray, Vec<i64>)>,
+}
+
+fn array_vars<'a>(inputs: impl Iterator<Item = &'a Input>) -> Vec<EngineVar> {
+    inputs
+        .filter_map(|input| match input {
+            Input::Array(a) => Some(a.var().clone()),
+            Input::Value(_) => None,
+        })
+        .collect()
+}
+
+impl PushPlan {
+    /// Arrays the push reads.
+    pub fn reads(&self) -> Vec<EngineVar> {
+        array_vars(self.groups.iter().flat_map(|g| g.inputs.iter()))
+    }
+
+    /// Keys the push writes.
+    pub fn writes(&self) -> Vec<EngineVar> {
+        self.groups.iter().map(|g| g.slot.var.clone()).collect()
+    }
+}
+
+impl PullPlan {
+    pub fn reads(&self) -> Vec<EngineVar> {
+        self.items.iter().map(|(s, _)| s.var.clone()).collect()
+    }
+
+    pub fn writes(&self) -> Vec<EngineVar> {
+        self.items.iter().map(|(_, a)| a.var().clone()).collect()
+    }
+}
+
+impl RowSparsePlan {
+    pub fn reads(&self) -> Vec<EngineVar> {
+        self.items.iter().map(|(s, _, _)| s.var.clone()).collect()
+    }
+
+    pub fn writes(&self) -> Vec<EngineVar> {
+        self.items.iter().map(|(_, a, _)| a.var().clone()).collect()
+    }
+}
+
+impl Front {
+    pub fn new(kind: Kind) -> Result<Front> {
+        if kind.class() == StoreClass::Dist {
+            return Err(Error::UnsupportedKind {
+                kind: kind.name().into(),
+                reason: "a distributed kind needs the distributed runtime".into(),
+            });
+        }
+        Ok(Front {
+            kind,
+            key_type: None,
+            slots: HashMap::new(),
+            next_seq: 0,
+            compression: None,
+            updater: None,
+            orphan_states: BTreeMap::new(),
+            nccl_devices: None,
+        })
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = &Arc<Slot>> {
+        self.slots.values()
+    }
+
+    pub fn slot(&self, key: &Key) -> Option<&Arc<Slot>> {
+        self.slots.get(key)
+    }
+
+    fn entry(&self, key: &Key) -> Result<&Arc<Slot>> {
+        self.slots
+            .get(key)
+            .ok_or_else(|| Error::NotInitialized { key: key.clone() })
+    }
+
+    fn is_nccl(&self) -> bool {
+        self.kind.class() == StoreClass::Nccl
+    }
+
+    fn unsupported(&self, op: &'static str) -> Error {
+        Error::UnsupportedOperation {
+            op,
+            kind: self.kind.name().into(),
+        }
+    }
+
+    /// NCCL stores take dense values only (R23).
+    fn check_dense_only(&self, key: &Key, value: &Value) -> Result<()> {
+        if self.is_nccl() && value.stype() == StorageType::RowSparse {
+            return Err(Error::StorageTypeMismatch {
+                key: key.clone(),
+                expected: StorageType::Dense,
+                found: StorageType::RowSparse,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn view(&self) -> View {
+        View {
+            key_type: self.key_type,
+            nccl_devices: self.nccl_devices.clone(),
+        }
+    }
+
+    pub fn commit_view(&mut self, view: View) {
+        self.key_type = view.key_type;
+        self.nccl_devices = view.nccl_devices;
+    }
+
+    /// Checks an init: every key new, also within the call (R12, R13).
+    pub fn plan_init(&self, pairs: &[(Key, Input)]) -> Result<InitPlan> {
+        let mut key_type = self.key_type;
+        key::fix_key_type(&mut key_type, pairs.iter().map(|(k, _)| k))?;
+        let mut values: Vec<(Key, Value)> = Vec::with_capacity(pairs.len());
+        for (key, input) in pairs {
+            if self.slots.contains_key(key) || values.iter().any(|(k, _)| k == key) {
+                return Err(Error::DuplicateInit { key: key.clone() });
+            }
+            // init is synchronous: it reads an array input once its pending writes are done.
+            let value = input.to_value();
+            self.check_dense_only(key, &value)?;
+            values.push((key.clone(), value.on(Device::Cpu(0))));
+        }
+        Ok(InitPlan { key_type, values })
+    }
+
+    pub fn commit_init(&mut self, plan: InitPlan) {
+        self.key_type = plan.key_type;
+        for (key, value) in plan.values {
+            let state = self.orphan_states.remove(&key);
+            let slot = Slot::new(key.clone(), value, self.next_seq, state);
+            self.next_seq += 1;
+            self.slots.insert(key, Arc::new(slot));
+        }
+    }
+
+    /// A copy of this front with `plan` committed (for calls that init then pull).
+    pub fn staged_with(&self, plan: &InitPlan) -> Front {
+        let mut staged = self.clone();
+        staged.commit_init(InitPlan {
+            key_type: plan.key_type,
+            values: plan.values.clone(),
+        });
+        staged
+    }
+}
+
+impl View {
+    fn fix_key_type<'a>(&mut self, keys: impl IntoIterator<Item = &'a Key>) -> Result<()> {
+        key::fix_key_type(&mut self.key_type, keys)
+    }
+
+    /// Checks a push (R15-R23, R42): groups values by key in key order and checks every value
+    /// of every group before anything runs (R59).
+    pub fn plan_push(&mut self, front: &Front, pairs: Vec<(Key, Input)>) -> Result<PushPlan> {
+        self.fix_key_type(pairs.iter().map(|(k, _)| k))?;
+        let mut by_key: BTreeMap<Key, Vec<Input>> = BTreeMap::new();
+        for (key, input) in pairs {
+            by_key.entry(key).or_default().push(input);
+        }
+        let mut ordered = Vec::with_capacity(by_key.len());
+        for (key, inputs) in by_key {
+            let order = match &key {
+                Key::Int(k) => *k,
+                Key::Str(_) => front.entry(&key)?.seq,
+            };
+            ordered.push((order, key, inputs));
+        }
+        ordered.sort_by_key(|(order, _, _)| *order);
+        let mut groups = Vec::with_capacity(ordered.len());
+        for (_, key, inputs) in ordered {
+            groups.push(self.plan_group(front, key, inputs)?);
+        }
+        Ok(PushPlan {
+            groups,
+            compression: front.compression,
+            updater: front.updater.clone(),
+        })
+    }
+
+    fn plan_group(&mut self, front: &Front, key: Key, inputs: Vec<Input>) -> Result<Group> {
+        let slot = front.entry(&key)?;
+        let snapshots: Vec<Arc<Value>> = inputs.iter().map(Input::snapshot).collect();
+        for value in &snapshots {
+            transfer::check_shape(&key, &slot.shape, value)?;
+            front.check_dense_only(&key, value)?;
+        }
+        self.check_nccl_devices(front, &key, &snapshots)?;
+        let mut residual_ids = Vec::new();
+        if front.compression.is_some() {
+            let mut seen: BTreeMap<Device, usize> = BTreeMap::new();
+            for value in &snapshots {
+                transfer::check_compressible(&key, slot.dtype, value)?;
+                let occurrence = seen.entry(value.device()).or_insert(0);
+                residual_ids.push((value.device(), *occurrence));
+                *occurrence += 1;
+            }
+        }
+        Ok(Group {
+            slot: Arc::clone(slot),
+            inputs,
+            residual_ids,
+        })
+    }
+
+    fn check_nccl_devices(
+        &mut self,
+        front: &Front,
+        key: &Key,
+        values: &[Arc<Value>],
+    ) -> Result<()> {
+        if !front.is_nccl() || values.len() < 2 {
+            return Ok(());
+        }
+        let mut devices: Vec<Device> = values.iter().map(|v| v.device()).collect();
+        devices.sort();
+        match &self.nccl_devices {
+            None => self.nccl_devices = Some(devices),
+            Some(expected) if *expected != devices => {
+                return Err(Error::DeviceSetChanged {
+                    key: key.clone(),
+                    expected: expected.clone(),
+                    found: devices,
+                })
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Checks a pull (R25-R29).
+    pub fn plan_pull(
+        &mut self,
+        front: &Front,
+        outs: Vec<(Key, NdArray)>,
+        ignore_sparse: bool,
+    ) -> Result<PullPlan> {
+        if front.is_nccl() && !ignore_sparse {
+            return Err(front.unsupported("pull with ignore_sparse=false"));
+        }
+        self.fix_key_type(outs.iter().map(|(k, _)| k))?;
+        let mut items = Vec::with_capacity(outs.len());
+        for (key, out) in outs {
+            let slot = front.entry(&key)?;
+            transfer::check_shape(&key, &slot.shape, &out.snapshot())?;
+            items.push((Arc::clone(slot), out));
+        }
+        Ok(PullPlan {
+            items,
+            ignore_sparse,
+        })
+    }
+
+    /// Checks a row_sparse_pull (R30-R33).
+    pub fn plan_row_sparse_pull(
+        &mut self,
+        front: &Front,
+        outs: Vec<(Key, NdArray)>,
+        row_ids: &[Vec<i64>],
+    ) -> Result<RowSparsePlan> {
+        if front.is_nccl() {
+            return Err(front.unsupported("row_sparse_pull"));
+        }
+        self.fix_key_type(outs.iter().map(|(k, _)| k))?;
+        if row_ids.len() != 1 && row_ids.len() != outs.len() {
+            return Err(Error::RowIdsCountMismatch {
+                row_ids: row_ids.len(),
+                outputs: outs.len(),
+            });
+        }
+        let mut items = Vec::with_capacity(outs.len());
+        for (i, (key, out)) in outs.into_iter().enumerate() {
+            let ids = match row_ids {
+                [only] => only,
+                many => many.get(i).map_or(&[][..], |v| v),
+            };
+            let slot = front.entry(&key)?;
+            let current = out.snapshot();
+            if current.stype() != StorageType::RowSparse {
+                return Err(Error::StorageTypeMismatch {
+                    key: key.clone(),
+                    expected: StorageType::RowSparse,
+                    found: current.stype(),
+                });
+            }
+            transfer::check_shape(&key, &slot.shape, &current)?;
+            let rows = slot.shape.first().copied().unwrap_or(0);
+            let ids = sparse::normalize_row_ids(&key, ids, rows)?;
+            items.push((Arc::clone(slot), out, ids));
+        }
+        Ok(RowSparsePlan { items })
+    }
+}
