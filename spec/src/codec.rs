@@ -273,11 +273,9 @@ fn word_from_le(chunk: &[u8]) -> u32 {
 pub struct Residual(pub Vec<f32>);
 
 impl PartialEq for Residual {
+    /// Bitwise, with any NaN equal to any NaN (R60).
     fn eq(&self, other: &Self) -> bool {
-        self.0
-            .iter()
-            .map(|x| x.to_bits())
-            .eq(other.0.iter().map(|x| x.to_bits()))
+        crate::value::f32_slices_equal(&self.0, &other.0)
     }
 }
 

@@ -195,29 +195,37 @@ mod elements {
     }
 }
 
+/// Equal bits, except that any two NaNs are equal: which NaN payload (and sign) an operation
+/// with NaN operands returns is unspecified by IEEE 754 and by Rust, and differs between
+/// scalar and vectorised code, so no backend can promise it (R60).
+fn same_element<T: Copy + PartialEq>(a: T, b: T, bits: impl Fn(T) -> u64) -> bool {
+    let nan = |x: T| x != x;
+    (nan(a) && nan(b)) || bits(a) == bits(b)
+}
+
 impl PartialEq for Data {
-    /// Bitwise equality.
+    /// Bitwise equality, with every NaN equal to every NaN (R60).
     fn eq(&self, other: &Self) -> bool {
+        fn all<T: Copy + PartialEq>(a: &[T], b: &[T], bits: impl Fn(T) -> u64 + Copy) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| same_element(x, y, bits))
+        }
         match (self, other) {
-            (Data::F32(a), Data::F32(b)) => a
-                .iter()
-                .map(|x| x.to_bits())
-                .eq(b.iter().map(|x| x.to_bits())),
-            (Data::F16(a), Data::F16(b)) => a
-                .iter()
-                .map(|x| x.to_bits())
-                .eq(b.iter().map(|x| x.to_bits())),
-            (Data::BF16(a), Data::BF16(b)) => a
-                .iter()
-                .map(|x| x.to_bits())
-                .eq(b.iter().map(|x| x.to_bits())),
-            (Data::F64(a), Data::F64(b)) => a
-                .iter()
-                .map(|x| x.to_bits())
-                .eq(b.iter().map(|x| x.to_bits())),
+            (Data::F32(a), Data::F32(b)) => all(a, b, |x| u64::from(x.to_bits())),
+            (Data::F16(a), Data::F16(b)) => all(a, b, |x| u64::from(x.to_bits())),
+            (Data::BF16(a), Data::BF16(b)) => all(a, b, |x| u64::from(x.to_bits())),
+            (Data::F64(a), Data::F64(b)) => all(a, b, |x| x.to_bits()),
             _ => false,
         }
     }
+}
+
+/// [`Data`]'s equality for raw f32 buffers (residuals, kernel outputs): bitwise, any NaN
+/// equal to any NaN (R60).
+pub fn f32_slices_equal(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(&x, &y)| same_element(x, y, |v| u64::from(v.to_bits())))
 }
 
 impl Data {

@@ -415,3 +415,49 @@ fn r17_a_sum_of_row_sparse_values_starts_from_positive_zero() {
         "a single value is copied"
     );
 }
+
+/// An updater that fails on key 1 and adds elsewhere.
+fn failing_on_key_1(key: &Key, merged: &Value, stored: &mut Value) -> Result<(), UpdateError> {
+    if *key == Key::Int(1) {
+        return Err(UpdateError("key 1 refuses updates".into()));
+    }
+    let sum: Vec<f32> = stored
+        .to_f32()
+        .iter()
+        .zip(merged.to_f32())
+        .map(|(s, m)| s + m)
+        .collect();
+    *stored = Value::Dense(Tensor::new(stored.shape().to_vec(), sum).unwrap());
+    Ok(())
+}
+
+#[test]
+fn r59_argument_errors_of_every_key_come_before_any_update() {
+    let mut kv = store("local");
+    kv.init(&[(k(1), full(&[2], 0.0)), (k(2), full(&[2], 0.0))])
+        .unwrap();
+    kv.set_updater(Box::new(failing_on_key_1));
+    // Key 1's updater would fail, but key 2's value has the wrong shape: the argument error
+    // is found first, before any key is merged.
+    let err = kv
+        .push(&[(k(1), full(&[2], 1.0)), (k(2), full(&[3], 1.0))])
+        .unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
+    // With valid arguments the updater's error is what comes back.
+    let err = kv
+        .push(&[(k(1), full(&[2], 1.0)), (k(2), full(&[2], 1.0))])
+        .unwrap_err();
+    assert!(matches!(err, Error::Updater { .. }), "{err:?}");
+    assert_eq!(pull1(&mut kv, k(2), &[2]), vec![0.0, 0.0]);
+}
+
+#[test]
+fn r59_pushpull_checks_its_outputs_before_pushing() {
+    let mut kv = store("local");
+    kv.init(&[(k(1), full(&[2], 0.0))]).unwrap();
+    kv.set_updater(Box::new(failing_on_key_1));
+    let err = kv
+        .pushpull(&[(k(1), full(&[2], 1.0))], &[(k(1), full(&[5], 0.0))])
+        .unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
+}

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use half::{bf16, f16};
-use kvstore_spec::{DType, Data, Device, Error, RowSparse, Tensor};
+use kvstore_spec::{DType, Data, Device, Error, RowSparse, Tensor, Value};
 
 #[test]
 fn r35_data_must_match_the_shape() {
@@ -152,4 +152,17 @@ fn r35_non_finite_elements_survive_serialisation() {
         serde_json::from_str::<Tensor>(&serde_json::to_string(&h).unwrap()).unwrap(),
         h
     );
+}
+
+#[test]
+fn r60_values_compare_bitwise_with_every_nan_equal() {
+    let quiet = f32::from_bits(0x7fc0_0000);
+    let payload = f32::from_bits(0xffc0_1234);
+    let a = Value::Dense(Tensor::new([3], vec![quiet, -0.0, 1.0]).unwrap());
+    let b = Value::Dense(Tensor::new([3], vec![payload, -0.0, 1.0]).unwrap());
+    assert_eq!(a, b, "NaN payloads and signs are not compared");
+    let c = Value::Dense(Tensor::new([3], vec![quiet, 0.0, 1.0]).unwrap());
+    assert_ne!(a, c, "-0 and +0 differ");
+    let d = Value::Dense(Tensor::new([3], vec![1.0, -0.0, 1.0]).unwrap());
+    assert_ne!(a, d, "a NaN never equals a number");
 }

@@ -4,6 +4,7 @@
 //! arm in [`Command::run`], and, when it can fail in a new way, one more variant of
 //! [`CliError`].
 
+use crate::bench::{self, BenchArgs, BenchError};
 use crate::demo::{self, CompressionChoice, DemoConfig, DemoError};
 use crate::replay::{self, ReplayArgs, ReplayError};
 use clap::{Args, Parser, Subcommand};
@@ -26,6 +27,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Runs a trace (docs/trace-format.md) and prints one JSON line per operation.
     Replay(ReplayArgs),
+    /// Times five store workloads against the memory-bandwidth floor and MXNet 1.9.1
+    /// (docs/performance.md).
+    Bench(BenchArgs),
 }
 
 impl Command {
@@ -38,6 +42,10 @@ impl Command {
                 Ok(())
             }
             Command::Replay(args) => Ok(replay::run_replay(&args, out)?),
+            Command::Bench(args) => {
+                bench::run_bench(&args, out)?;
+                Ok(())
+            }
         }
     }
 }
@@ -118,6 +126,8 @@ pub enum CliError {
     Demo(DemoError),
     /// `kvstore replay` failed.
     Replay(ReplayError),
+    /// `kvstore bench` failed.
+    Bench(BenchError),
     /// Writing the output failed.
     Io(std::io::Error),
 }
@@ -127,6 +137,7 @@ impl std::fmt::Display for CliError {
         match self {
             CliError::Demo(e) => e.fmt(f),
             CliError::Replay(e) => e.fmt(f),
+            CliError::Bench(e) => e.fmt(f),
             CliError::Io(e) => write!(f, "cannot write the output: {e}"),
         }
     }
@@ -137,6 +148,7 @@ impl std::error::Error for CliError {
         match self {
             CliError::Demo(e) => e.source(),
             CliError::Replay(e) => Some(e),
+            CliError::Bench(e) => e.source(),
             CliError::Io(e) => Some(e),
         }
     }
@@ -151,6 +163,12 @@ impl From<DemoError> for CliError {
 impl From<ReplayError> for CliError {
     fn from(e: ReplayError) -> Self {
         CliError::Replay(e)
+    }
+}
+
+impl From<BenchError> for CliError {
+    fn from(e: BenchError) -> Self {
+        CliError::Bench(e)
     }
 }
 

@@ -152,7 +152,11 @@ fn dropping_the_engine_runs_every_pending_op() {
         let var = TestVar::new();
         let ran = Arc::new(AtomicUsize::new(0));
         let (reads, writes) = (vec![var.clone()], vec![var.clone()]);
-        for (reads, writes) in [(&[][..], &writes[..]), (&reads[..], &[][..]), (&[][..], &[][..])] {
+        for (reads, writes) in [
+            (&[][..], &writes[..]),
+            (&reads[..], &[][..]),
+            (&[][..], &[][..]),
+        ] {
             let ran = Arc::clone(&ran);
             let op = move || {
                 ran.fetch_add(1, Ordering::Relaxed);
@@ -193,5 +197,62 @@ fn writers_pushed_concurrently_from_two_threads_run_one_at_a_time() {
         assert_eq!(var.wait(), Ok(()));
         assert_eq!(ran.load(Ordering::Relaxed), 2);
         assert_eq!(engine.wait_all(), Ok(()));
+    });
+}
+
+#[test]
+fn ops_on_two_vars_pushed_from_two_threads_in_opposite_order_both_complete() {
+    model(|| {
+        // Each op reads one var and writes the other, listed in opposite orders: push locks the
+        // vars of an op in one global order, so neither push nor the ops can deadlock.
+        let engine = Arc::new(TestEngine::new(1));
+        let (a, b) = (TestVar::new(), TestVar::new());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counts = || {
+            let ran = Arc::clone(&ran);
+            move || {
+                ran.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        };
+        let client = {
+            let (engine, a, b, op) = (Arc::clone(&engine), a.clone(), b.clone(), counts());
+            thread::spawn(move || engine.push(op, &[b], &[a], 0))
+        };
+        engine.push(counts(), &[a.clone()], &[b.clone()], 0);
+        client.join().unwrap();
+        assert_eq!(engine.wait_all(), Ok(()));
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
+        assert_eq!((a.pending(), b.pending()), (0, 0));
+    });
+}
+
+#[test]
+fn a_var_shared_by_two_engines_orders_their_ops() {
+    model(|| {
+        let (first, second) = (TestEngine::new(1), TestEngine::new(1));
+        let var = TestVar::new();
+        let written = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&written);
+        let write = move || {
+            flag.store(true, Ordering::Relaxed);
+            Ok(())
+        };
+        first.push(write, &[], &[var.clone()], 0);
+        let flag = Arc::clone(&written);
+        let read = move || {
+            if flag.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err(TestError::OutOfOrder(
+                    "reader on one engine ran before the writer on the other",
+                ))
+            }
+        };
+        second.push(read, &[var.clone()], &[], 0);
+        assert_eq!(second.wait_all(), Ok(()));
+        drop(second);
+        drop(first);
+        assert_eq!(var.pending(), 0);
     });
 }
