@@ -8,8 +8,22 @@ use std::path::PathBuf;
 /// What executes the trace's operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
-    /// The executable specification (the only backend until the engine exists).
+    /// The executable specification, one call at a time.
     Spec,
+    /// The dependency engine with the CPU backend (the library's default).
+    Cpu,
+    /// The dependency engine with the spec's reference code as its backend.
+    EngineSpec,
+}
+
+impl From<Backend> for kvstore::BackendKind {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Spec => kvstore::BackendKind::Spec,
+            Backend::Cpu => kvstore::BackendKind::Cpu,
+            Backend::EngineSpec => kvstore::BackendKind::EngineSpec,
+        }
+    }
 }
 
 /// The flags of `kvstore replay`.
@@ -51,9 +65,12 @@ impl std::error::Error for ReplayError {}
 /// Reads the trace, runs it, and writes the output lines.
 pub fn run_replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), ReplayError> {
     let text = read_trace(&args.trace)?;
-    let Backend::Spec = args.backend;
-    let lines =
-        kvstore::trace::replay_text(&text, args.kind.clone()).map_err(ReplayError::Parse)?;
+    let options = kvstore::Options {
+        backend: args.backend.into(),
+        ..kvstore::Options::default()
+    };
+    let lines = kvstore::trace::replay_text_with(&text, args.kind.clone(), options)
+        .map_err(ReplayError::Parse)?;
     for line in lines {
         writeln!(out, "{line}").map_err(ReplayError::Write)?;
     }

@@ -81,3 +81,23 @@ fn unreadable_input_is_reported_with_its_line_and_nothing_runs() {
     assert_ne!(code, 0);
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn every_backend_replays_a_trace_to_the_same_lines() {
+    let trace = format!(
+        "{TRACE}{}",
+        r#"{"op":"set_gradient_compression","params":{"type":"2bit","threshold":0.5}}
+{"op":"push","key":"w","value":[{"shape":[2],"data":[0.7,-0.2]},{"shape":[2],"data":[0.1,-0.9],"device":"cpu(1)"}]}
+{"op":"pull","key":"w","out":{"shape":[2]}}
+"#
+    );
+    let run = |backend: &str| {
+        let (code, out, err) = kvstore(&["replay", "-", "--backend", backend], &trace);
+        assert_eq!((code, err.as_str()), (0, ""), "backend {backend}");
+        out
+    };
+    let spec = run("spec");
+    assert_eq!(spec.lines().count(), 8);
+    assert_eq!(run("cpu"), spec);
+    assert_eq!(run("engine-spec"), spec);
+}

@@ -23,4 +23,6 @@ mod tensor;
 
 pub use op::{Op, RowIdsArg, UpdaterSpec};
 pub use record::Recorder;
-pub use replay::{parse, replay_text, variant_name, Outcome, ParseError, Replayer};
+pub use replay::{
+    parse, replay_text, replay_text_with, variant_name, Outcome, ParseError, Replayer,
+};

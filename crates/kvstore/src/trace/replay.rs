@@ -3,7 +3,7 @@
 use super::op::{self, Op, UpdaterSpec};
 use super::tensor;
 use crate::normalize::Values;
-use crate::{create, Compression, KvStore, NdArray, PullOptions};
+use crate::{create_with, Compression, KvStore, NdArray, Options, PullOptions};
 use kvstore_spec::updater::UpdateError;
 use kvstore_spec::{Error, Key, Tensor, Value};
 use serde_json::{json, Map, Value as Json};
@@ -96,14 +96,21 @@ pub fn variant_name(error: &Error) -> String {
 #[derive(Debug)]
 pub struct Replayer {
     kind_override: Option<String>,
+    options: Options,
     store: Option<KvStore>,
 }
 
 impl Replayer {
     /// A replayer; `kind_override` replaces the kind of the trace's `create` (or `local`).
     pub fn new(kind_override: Option<String>) -> Replayer {
+        Replayer::with_options(kind_override, Options::default())
+    }
+
+    /// A replayer whose stores are built with `options` (e.g. on the spec backend).
+    pub fn with_options(kind_override: Option<String>, options: Options) -> Replayer {
         Replayer {
             kind_override,
+            options,
             store: None,
         }
     }
@@ -112,7 +119,10 @@ impl Replayer {
     fn store(&mut self) -> Result<&KvStore, Error> {
         let kv = match self.store.take() {
             Some(kv) => kv,
-            None => create(self.kind_override.as_deref().unwrap_or("local"))?,
+            None => create_with(
+                self.kind_override.as_deref().unwrap_or("local"),
+                self.options,
+            )?,
         };
         Ok(self.store.insert(kv))
     }
@@ -132,9 +142,17 @@ impl Replayer {
     fn execute(&mut self, op: &Op) -> Result<Option<Values<Value>>, Error> {
         if let Op::Create { kind } = op {
             let kind = self.kind_override.clone().unwrap_or_else(|| kind.clone());
-            self.store = Some(create(&kind)?);
+            self.store = Some(create_with(&kind, self.options)?);
             return Ok(None);
         }
+        let outcome = self.issue(op)?;
+        // A trace line's outcome includes what happened while the operation ran, so each
+        // operation is waited for (an asynchronous store reports updater errors at the wait).
+        self.store()?.wait_all()?;
+        Ok(outcome)
+    }
+
+    fn issue(&mut self, op: &Op) -> Result<Option<Values<Value>>, Error> {
         let kv = self.store()?;
         match op {
             Op::Create { .. } | Op::WaitAll => kv.wait_all().map(|()| None),
@@ -233,8 +251,17 @@ fn accumulate(scale: f32) -> impl crate::Updater + Clone {
 
 /// Replays a whole trace text: one output line per operation, or the first unreadable line.
 pub fn replay_text(text: &str, kind_override: Option<String>) -> Result<Vec<Json>, ParseError> {
+    replay_text_with(text, kind_override, Options::default())
+}
+
+/// [`replay_text`] on stores built with `options`.
+pub fn replay_text_with(
+    text: &str,
+    kind_override: Option<String>,
+    options: Options,
+) -> Result<Vec<Json>, ParseError> {
     let ops = parse(text)?;
-    let mut replayer = Replayer::new(kind_override);
+    let mut replayer = Replayer::with_options(kind_override, options);
     Ok(ops
         .iter()
         .map(|(line, op)| replayer.run(op).to_json(*line))
