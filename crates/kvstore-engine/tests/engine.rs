@@ -562,13 +562,20 @@ fn ops_with_no_vars_run() {
 fn a_var_both_read_and_written_and_repeated_counts_as_one_write() {
     let engine = TestEngine::new(2);
     let var = Var::new();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
     engine.push(
-        || Err(TestError::Failed(5)),
+        move || {
+            release_rx
+                .recv_timeout(PATIENCE)
+                .map_err(|_| TestError::TimedOut("never released"))?;
+            Err(TestError::Failed(5))
+        },
         &[var.clone(), var.clone()],
         &[var.clone(), var.clone()],
         0,
     );
-    assert_eq!(var.pending(), 1);
+    assert_eq!(var.pending(), 1, "issued once");
+    release_tx.send(()).unwrap();
     assert_eq!(
         var.wait(),
         Err(TestError::Failed(5)),

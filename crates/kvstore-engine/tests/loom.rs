@@ -11,6 +11,7 @@ use kvstore_engine::{Engine, OpPanicked, Var};
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
+use std::slice;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TestError {
@@ -53,9 +54,9 @@ fn writer_reader_writer_on_one_var_run_in_issue_order() {
         let engine = TestEngine::new(2);
         let var = TestVar::new();
         let log = Arc::new(Mutex::new(Vec::new()));
-        engine.push(logs(&log, "write-1"), &[], &[var.clone()], 0);
-        engine.push(logs(&log, "read"), &[var.clone()], &[], 0);
-        engine.push(logs(&log, "write-2"), &[], &[var.clone()], 0);
+        engine.push(logs(&log, "write-1"), &[], slice::from_ref(&var), 0);
+        engine.push(logs(&log, "read"), slice::from_ref(&var), &[], 0);
+        engine.push(logs(&log, "write-2"), &[], slice::from_ref(&var), 0);
         assert_eq!(var.wait(), Ok(()));
         assert_eq!(*log.lock().unwrap(), ["write-1", "read", "write-2"]);
     });
@@ -77,7 +78,7 @@ fn two_readers_then_a_writer_that_sees_both() {
                 reads_done.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             };
-            engine.push(read, &[var.clone()], &[], 0);
+            engine.push(read, slice::from_ref(&var), &[], 0);
         }
         let write = {
             let (reads_done, written) = (Arc::clone(&reads_done), Arc::clone(&written));
@@ -89,7 +90,7 @@ fn two_readers_then_a_writer_that_sees_both() {
                 Ok(())
             }
         };
-        engine.push(write, &[], &[var.clone()], 0);
+        engine.push(write, &[], slice::from_ref(&var), 0);
         assert_eq!(engine.wait_all(), Ok(()));
         assert!(written.load(Ordering::Relaxed));
     });
@@ -106,7 +107,7 @@ fn var_wait_returns_only_after_the_op_ran() {
             flag.store(true, Ordering::Relaxed);
             Ok(())
         };
-        engine.push(op, &[var.clone()], &[], 0);
+        engine.push(op, slice::from_ref(&var), &[], 0);
         assert_eq!(var.wait(), Ok(()));
         assert!(ran.load(Ordering::Relaxed));
         assert_eq!(var.pending(), 0);
@@ -137,7 +138,7 @@ fn failing_op_error_comes_back_from_its_var_once() {
     model(|| {
         let engine = TestEngine::new(1);
         let var = TestVar::new();
-        engine.push(|| Err(TestError::Failed), &[], &[var.clone()], 0);
+        engine.push(|| Err(TestError::Failed), &[], slice::from_ref(&var), 0);
         assert_eq!(var.wait(), Err(TestError::Failed));
         assert_eq!(var.wait(), Ok(()));
         assert_eq!(engine.wait_all(), Err(TestError::Failed));
@@ -192,7 +193,7 @@ fn writers_pushed_concurrently_from_two_threads_run_one_at_a_time() {
             let (engine, var, op) = (Arc::clone(&engine), var.clone(), exclusive_op());
             thread::spawn(move || engine.push(op, &[], &[var], 0))
         };
-        engine.push(exclusive_op(), &[], &[var.clone()], 0);
+        engine.push(exclusive_op(), &[], slice::from_ref(&var), 0);
         client.join().unwrap();
         assert_eq!(var.wait(), Ok(()));
         assert_eq!(ran.load(Ordering::Relaxed), 2);
@@ -219,7 +220,7 @@ fn ops_on_two_vars_pushed_from_two_threads_in_opposite_order_both_complete() {
             let (engine, a, b, op) = (Arc::clone(&engine), a.clone(), b.clone(), counts());
             thread::spawn(move || engine.push(op, &[b], &[a], 0))
         };
-        engine.push(counts(), &[a.clone()], &[b.clone()], 0);
+        engine.push(counts(), slice::from_ref(&a), slice::from_ref(&b), 0);
         client.join().unwrap();
         assert_eq!(engine.wait_all(), Ok(()));
         assert_eq!(ran.load(Ordering::Relaxed), 2);
@@ -238,7 +239,7 @@ fn a_var_shared_by_two_engines_orders_their_ops() {
             flag.store(true, Ordering::Relaxed);
             Ok(())
         };
-        first.push(write, &[], &[var.clone()], 0);
+        first.push(write, &[], slice::from_ref(&var), 0);
         let flag = Arc::clone(&written);
         let read = move || {
             if flag.load(Ordering::Relaxed) {
@@ -249,7 +250,7 @@ fn a_var_shared_by_two_engines_orders_their_ops() {
                 ))
             }
         };
-        second.push(read, &[var.clone()], &[], 0);
+        second.push(read, slice::from_ref(&var), &[], 0);
         assert_eq!(second.wait_all(), Ok(()));
         drop(second);
         drop(first);

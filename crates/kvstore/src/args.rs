@@ -113,6 +113,11 @@ macro_rules! values_from {
                 Values::List(xs.iter().cloned().map(|x| Item::One(x.$conv())).collect())
             }
         }
+        impl<T: $bound + Clone> From<&Vec<T>> for $target {
+            fn from(xs: &Vec<T>) -> Self {
+                Values::List(xs.iter().cloned().map(|x| Item::One(x.$conv())).collect())
+            }
+        }
         impl<T: $bound> From<Vec<Vec<T>>> for $target {
             fn from(xs: Vec<Vec<T>>) -> Self {
                 Values::List(

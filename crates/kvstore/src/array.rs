@@ -104,6 +104,11 @@ impl NdArray {
         f(Arc::make_mut(&mut guard))
     }
 
+    /// The value's lock, for an engine operation that writes several arrays at once.
+    pub(crate) fn lock_for_write(&self) -> MutexGuard<'_, Arc<Value>> {
+        self.lock()
+    }
+
     pub(crate) fn var(&self) -> &EngineVar {
         &self.shared.var
     }

@@ -30,6 +30,7 @@ pub(crate) trait StoreOps: Send + Sync + Debug {
     fn save_optimizer_states(&self, dump_optimizer: bool) -> Result<Vec<u8>>;
     fn load_optimizer_states(&self, bytes: &[u8]) -> Result<()>;
     fn wait_all(&self) -> Result<()>;
+    fn wait_keys(&self, keys: &[Key]) -> Result<()>;
     fn value_of(&self, key: &Key) -> Option<Value>;
     fn observable(&self) -> Result<Observable>;
 }
@@ -82,6 +83,9 @@ macro_rules! delegate_ops {
             }
             fn wait_all(&self) -> Result<()> {
                 Self::wait_all(self)
+            }
+            fn wait_keys(&self, keys: &[Key]) -> Result<()> {
+                Self::wait_keys(self, keys)
             }
             fn value_of(&self, key: &Key) -> Option<Value> {
                 Self::value_of(self, key)

@@ -115,6 +115,14 @@ impl StoreOps for SpecStore {
         Ok(())
     }
 
+    fn wait_keys(&self, keys: &[Key]) -> Result<()> {
+        let store = self.lock();
+        match keys.iter().find(|k| store.value(k).is_none()) {
+            Some(key) => Err(kvstore_spec::Error::NotInitialized { key: key.clone() }),
+            None => Ok(()),
+        }
+    }
+
     fn value_of(&self, key: &Key) -> Option<Value> {
         self.lock().value(key).cloned()
     }

@@ -510,6 +510,27 @@ impl KvStore {
         self.call(|| Op::WaitAll, |s| s.wait_all())
     }
 
+    /// Waits until every operation issued on `keys` before the call has finished, and reports
+    /// the earliest error one of them raised while running (R61). Unknown keys are
+    /// `NotInitialized`.
+    ///
+    /// ```
+    /// use kvstore::{DType, Tensor};
+    /// let kv = kvstore::create("local")?;
+    /// kv.init(3, Tensor::zeros([2], DType::F32)?)?;
+    /// kv.push(3, Tensor::full([2], DType::F32, 1.0)?)?;
+    /// kv.wait(3)?;
+    /// assert_eq!(kv.value_of(3).unwrap().to_f32(), vec![1.0, 1.0]);
+    /// # Ok::<(), kvstore::Error>(())
+    /// ```
+    pub fn wait(&self, keys: impl Into<Keys>) -> Result<()> {
+        let keys = match keys.into() {
+            Keys::One(k) => vec![k],
+            Keys::List(ks) => ks,
+        };
+        self.inner.wait_keys(&keys)
+    }
+
     /// Writes the optimizer states (and the optimizer when `dump_optimizer`) to `path` (R47),
     /// after every push issued before the call.
     pub fn save_optimizer_states(

@@ -211,3 +211,46 @@ fn r61_dropping_a_store_with_pending_operations_finishes_them() {
     }
     assert_eq!(out.to_f32(), vec![99.0; 4]);
 }
+
+#[test]
+fn r61_waiting_on_a_key_reports_its_updater_error() {
+    let kv = engine("local", 2);
+    kv.init([1, 2], vec![t(&[1], 0.0), t(&[1], 0.0)]).unwrap();
+    kv.set_updater(|key: &Key, merged: &Value, stored: &mut Value| {
+        if *key == Key::Int(2) {
+            return Err(UpdateError("key 2 refuses".into()));
+        }
+        add(merged, stored);
+        Ok(())
+    });
+    kv.push(1, t(&[1], 1.0)).unwrap();
+    kv.push(2, t(&[1], 1.0)).unwrap();
+    kv.wait(1).unwrap();
+    assert!(matches!(kv.wait(2), Err(Error::Updater { .. })));
+    kv.wait(2).unwrap();
+    assert!(matches!(kv.wait(7), Err(Error::NotInitialized { .. })));
+}
+
+#[test]
+fn r61_a_key_pulled_to_several_devices_fills_every_output() {
+    let kv = engine("device", 2);
+    let n = 1 << 19;
+    let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
+    kv.init(1, Tensor::new([n], data.clone()).unwrap()).unwrap();
+    let outs: Vec<NdArray> = (0..4)
+        .map(|d| {
+            NdArray::zeros([n], DType::F32)
+                .unwrap()
+                .on(kvstore::Device::Cpu(d))
+        })
+        .collect();
+    kv.pull(1, &outs).unwrap();
+    for (d, out) in outs.iter().enumerate() {
+        assert_eq!(out.to_f32(), data, "output {d}");
+        assert_eq!(out.device(), kvstore::Device::Cpu(d as u32));
+    }
+    // The same array twice takes the one-at-a-time path.
+    let twice = vec![outs[0].clone(), outs[0].clone()];
+    kv.pull(1, &twice).unwrap();
+    assert_eq!(outs[0].to_f32(), data);
+}

@@ -34,6 +34,31 @@ fn copy(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// Copies `src` into every buffer of `dsts` (all of its length), one cache-sized chunk of `src`
+/// at a time so it is read from memory once, chunks spread over every core.
+fn broadcast(src: &[f32], dsts: &mut [&mut [f32]]) {
+    const CHUNK: usize = 1 << 14;
+    if src.len() < PARALLEL_COPY {
+        for dst in dsts.iter_mut() {
+            dst.copy_from_slice(src);
+        }
+        return;
+    }
+    // Split every destination into the same chunks, then hand chunk i of all of them to one task.
+    let mut columns: Vec<std::slice::ChunksMut<'_, f32>> =
+        dsts.iter_mut().map(|d| d.chunks_mut(CHUNK)).collect();
+    let mut tasks: Vec<(&[f32], Vec<&mut [f32]>)> = Vec::with_capacity(src.len() / CHUNK + 1);
+    for piece in src.chunks(CHUNK) {
+        let targets: Vec<&mut [f32]> = columns.iter_mut().filter_map(Iterator::next).collect();
+        tasks.push((piece, targets));
+    }
+    tasks.into_par_iter().for_each(|(piece, targets)| {
+        for target in targets {
+            target.copy_from_slice(piece);
+        }
+    });
+}
+
 /// `value` as a dense f32 buffer of `shape` on `device`, reusing its storage when it already is
 /// one of the right size (the merge buffer of a warm key).
 fn dense_f32<'a>(value: &'a mut Value, shape: &[usize], device: Device) -> Result<&'a mut [f32]> {
@@ -169,6 +194,37 @@ impl Backend for CpuBackend {
             },
             (_, Value::RowSparse(_)) if ignore_sparse => Ok(()),
             _ => SpecBackend.pull_into(stored, out, ignore_sparse),
+        }
+    }
+
+    fn pull_into_many(
+        &self,
+        stored: &Value,
+        outs: &mut [&mut Value],
+        ignore_sparse: bool,
+    ) -> Result<()> {
+        let src = match stored {
+            Value::Dense(t) => t.f32s(),
+            Value::RowSparse(_) => None,
+        };
+        let dsts: Option<Vec<&mut [f32]>> = outs
+            .iter_mut()
+            .map(|o| match &mut **o {
+                Value::Dense(t) => t.f32_mut(),
+                Value::RowSparse(_) => None,
+            })
+            .collect();
+        match (src, dsts) {
+            (Some(src), Some(mut dsts)) if dsts.iter().all(|d| d.len() == src.len()) => {
+                broadcast(src, &mut dsts);
+                Ok(())
+            }
+            _ => {
+                for out in outs.iter_mut() {
+                    self.pull_into(stored, out, ignore_sparse)?;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -48,6 +48,21 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// storage type and device (R25-R28).
     fn pull_into(&self, stored: &Value, out: &mut Value, ignore_sparse: bool) -> Result<()>;
 
+    /// Writes a key's value into several pull outputs at once (a key pulled to every device):
+    /// the same result as [`Backend::pull_into`] on each, which is what this default does; a
+    /// backend can read the value once for all of them.
+    fn pull_into_many(
+        &self,
+        stored: &Value,
+        outs: &mut [&mut Value],
+        ignore_sparse: bool,
+    ) -> Result<()> {
+        for out in outs.iter_mut() {
+            self.pull_into(stored, out, ignore_sparse)?;
+        }
+        Ok(())
+    }
+
     /// Writes rows `ids` (sorted, unique, in range) of a key's value into a row_sparse output
     /// (R30-R32).
     fn row_sparse_into(&self, stored: &Value, ids: &[i64], out: &mut Value) -> Result<()>;

@@ -152,9 +152,38 @@ impl<B: Backend> Exec<B> {
     }
 
     pub fn pull(&self, plan: &PullPlan) -> Result<()> {
-        for (slot, out) in &plan.items {
+        let items = &plan.items;
+        let mut at = 0;
+        while let Some((slot, first)) = items.get(at) {
+            // A run of outputs of one key (a key pulled to every device) is filled from one
+            // read of the value, when the outputs are distinct arrays.
+            let run = items[at..]
+                .iter()
+                .take_while(|(s, _)| Arc::ptr_eq(s, slot))
+                .count();
+            let outs: Vec<&crate::NdArray> = items[at..at + run].iter().map(|(_, o)| o).collect();
+            let distinct = outs
+                .iter()
+                .enumerate()
+                .all(|(i, a)| outs[..i].iter().all(|b| !a.same_array(b)));
             let data = slot.data();
-            out.with_mut(|o| self.backend.pull_into(&data.value, o, plan.ignore_sparse))?;
+            if run > 1 && distinct {
+                let mut guards: Vec<_> = outs.iter().map(|o| o.lock_for_write()).collect();
+                let mut values: Vec<&mut Value> =
+                    guards.iter_mut().map(|g| Arc::make_mut(&mut **g)).collect();
+                self.backend
+                    .pull_into_many(&data.value, &mut values, plan.ignore_sparse)?;
+            } else {
+                first.with_mut(|o| self.backend.pull_into(&data.value, o, plan.ignore_sparse))?;
+                if run > 1 {
+                    for out in &outs[1..] {
+                        out.with_mut(|o| {
+                            self.backend.pull_into(&data.value, o, plan.ignore_sparse)
+                        })?;
+                    }
+                }
+            }
+            at += run;
         }
         Ok(())
     }

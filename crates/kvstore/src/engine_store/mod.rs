@@ -321,6 +321,29 @@ impl<B: Backend> EngineStore<B> {
         self.engine.wait_all().map_err(|f| f.0)
     }
 
+    /// Waits for the operations issued on `keys`, and reports the earliest error one of them
+    /// raised while running (each error once per key).
+    pub fn wait_keys(&self, keys: &[Key]) -> Result<()> {
+        let vars: Vec<EngineVar> = {
+            let front = self.front();
+            keys.iter()
+                .map(|k| {
+                    front
+                        .slot(k)
+                        .map(|s| s.var.clone())
+                        .ok_or_else(|| Error::NotInitialized { key: k.clone() })
+                })
+                .collect::<Result<_>>()?
+        };
+        let mut first = Ok(());
+        for var in vars {
+            if let (Ok(()), Err(f)) = (&first, var.wait()) {
+                first = Err(f.0);
+            }
+        }
+        first
+    }
+
     pub fn value_of(&self, key: &Key) -> Option<Value> {
         let front = self.front();
         let slot = front.slot(key)?;
