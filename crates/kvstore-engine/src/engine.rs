@@ -25,6 +25,9 @@ use crate::var::Var;
 /// ops that share a var by the rule of [`Engine::push`].
 ///
 /// Dropping the engine waits for every op pushed to it to complete, then stops its workers.
+///
+/// [`Var::wait`] and [`Engine::wait_all`] block the calling thread: an op must not call them on
+/// its own vars or engine, which would wait for the op itself.
 pub struct Engine<E> {
     scheduler: Arc<Scheduler<E>>,
     workers: Vec<thread::JoinHandle<()>>,
@@ -146,10 +149,23 @@ where
 
 impl<E> Drop for Engine<E> {
     /// Waits for every op pushed to this engine to complete, then stops and joins the workers.
+    ///
+    /// Dropped inside one of its own ops (the op held the last handle to it), the engine cannot
+    /// wait for that op: it returns at once and its workers finish every pending op, then exit.
     fn drop(&mut self) {
         self.scheduler.shut_down();
+        let current = thread::current().id();
+        if self
+            .workers
+            .iter()
+            .any(|worker| worker.thread().id() == current)
+        {
+            // Dropping the handles detaches the workers.
+            return;
+        }
         for worker in self.workers.drain(..) {
-            // A worker never panics: ops' panics are caught in `Op::run`.
+            // Returns once every op has completed. Never an error: a worker never panics, since
+            // ops' panics are caught in `Op::run`.
             let _ = worker.join();
         }
     }

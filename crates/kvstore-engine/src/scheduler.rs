@@ -22,8 +22,10 @@ struct State<E> {
     incomplete: BTreeSet<u64>,
     /// Errors of failed ops by seq, so the earliest issued is returned first.
     errors: BTreeMap<u64, E>,
-    /// Set once no op is incomplete and the engine is dropped: idle workers then exit.
+    /// Set when the engine is dropped: workers exit once no op is incomplete.
     shutdown: bool,
+    /// Threads blocked in `wait_all`; completion signals only when there are some.
+    waiters: usize,
 }
 
 /// A ready op in the heap: higher priority first, then lower seq (earlier issue).
@@ -38,6 +40,7 @@ impl<E> Scheduler<E> {
                 incomplete: BTreeSet::new(),
                 errors: BTreeMap::new(),
                 shutdown: false,
+                waiters: 0,
             }),
             work: Condvar::new(),
             completed: Condvar::new(),
@@ -66,7 +69,7 @@ impl<E> Scheduler<E> {
             if let Some(Ready(op)) = state.ready.pop() {
                 return Some(op);
             }
-            if state.shutdown {
+            if state.shutdown && state.incomplete.is_empty() {
                 return None;
             }
             state = sync::wait(&self.work, state);
@@ -80,8 +83,15 @@ impl<E> Scheduler<E> {
             state.errors.insert(seq, error);
         }
         state.incomplete.remove(&seq);
+        let finished = state.shutdown && state.incomplete.is_empty();
+        let waiters = state.waiters > 0;
         drop(state);
-        self.completed.notify_all();
+        if waiters {
+            self.completed.notify_all();
+        }
+        if finished {
+            self.work.notify_all();
+        }
     }
 
     /// Blocks until every op issued before the call has completed, then returns (and removes) the
@@ -90,7 +100,9 @@ impl<E> Scheduler<E> {
         let mut state = sync::lock(&self.state);
         let issued = state.next_seq;
         while state.incomplete.first().is_some_and(|&seq| seq < issued) {
+            state.waiters += 1;
             state = sync::wait(&self.completed, state);
+            state.waiters -= 1;
         }
         state
             .errors
@@ -98,15 +110,16 @@ impl<E> Scheduler<E> {
             .map_or(Ok(()), |(_, error)| Err(error))
     }
 
-    /// Blocks until no op is incomplete, then tells the workers to exit.
+    /// Tells the workers to exit once every issued op has completed. No op can be issued any
+    /// more (the engine is being dropped), but issued ones may still become ready.
     pub(crate) fn shut_down(&self) {
         let mut state = sync::lock(&self.state);
-        while !state.incomplete.is_empty() {
-            state = sync::wait(&self.completed, state);
-        }
         state.shutdown = true;
+        let finished = state.incomplete.is_empty();
         drop(state);
-        self.work.notify_all();
+        if finished {
+            self.work.notify_all();
+        }
     }
 }
 

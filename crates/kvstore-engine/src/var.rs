@@ -38,6 +38,9 @@ pub(crate) struct State<E> {
     granted_writer: bool,
     /// Errors of failed writers, in completion order, which for writers of one var is issue order.
     errors: VecDeque<E>,
+    /// Threads blocked in a wait on this var; completion signals only when there are some (a
+    /// condvar notification is a system call even with nobody waiting).
+    waiters: usize,
 }
 
 impl<E: Clone + Send + 'static> Var<E> {
@@ -53,6 +56,7 @@ impl<E: Clone + Send + 'static> Var<E> {
                     granted_readers: 0,
                     granted_writer: false,
                     errors: VecDeque::new(),
+                    waiters: 0,
                 }),
                 completed: Condvar::new(),
             }),
@@ -73,7 +77,9 @@ impl<E: Clone + Send + 'static> Var<E> {
             .first()
             .is_some_and(|&ticket| ticket < issued)
         {
+            state.waiters += 1;
             state = sync::wait(&self.inner.completed, state);
+            state.waiters -= 1;
         }
         state.errors.pop_front().map_or(Ok(()), Err)
     }
@@ -88,7 +94,9 @@ impl<E: Clone + Send + 'static> Var<E> {
             .first()
             .is_some_and(|&ticket| ticket < issued)
         {
+            state.waiters += 1;
             state = sync::wait(&self.inner.completed, state);
+            state.waiters -= 1;
         }
     }
 
@@ -126,8 +134,11 @@ impl<E: Clone + Send + 'static> Var<E> {
         }
         state.incomplete.remove(&ticket);
         let granted = state.grant_waiting();
+        let waiters = state.waiters > 0;
         drop(state);
-        self.inner.completed.notify_all();
+        if waiters {
+            self.inner.completed.notify_all();
+        }
         granted
     }
 }

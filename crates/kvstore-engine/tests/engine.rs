@@ -448,6 +448,42 @@ fn drop_runs_every_pending_op_then_returns() {
 }
 
 #[test]
+fn an_engine_dropped_inside_its_own_op_still_runs_the_pending_ops() {
+    let engine = Arc::new(TestEngine::new(1));
+    let var = Var::new();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let last_handle = Arc::clone(&engine);
+    engine.push(
+        move || {
+            release_rx
+                .recv_timeout(PATIENCE)
+                .map_err(|_| TestError::TimedOut("never released"))?;
+            // The op holds the last handle: the engine is dropped on its only worker.
+            drop(last_handle);
+            Ok(())
+        },
+        &[],
+        slice::from_ref(&var),
+        0,
+    );
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&ran);
+    engine.push(
+        move || {
+            flag.store(true, Ordering::SeqCst);
+            Ok(())
+        },
+        slice::from_ref(&var),
+        &[],
+        0,
+    );
+    drop(engine);
+    release_tx.send(()).unwrap();
+    assert_eq!(var.wait(), Ok(()));
+    assert!(ran.load(Ordering::SeqCst));
+}
+
+#[test]
 fn wait_all_terminates_under_concurrent_pushing() {
     let engine = Arc::new(TestEngine::new(2));
     let var = Var::new();

@@ -257,3 +257,30 @@ fn a_var_shared_by_two_engines_orders_their_ops() {
         assert_eq!(var.pending(), 0);
     });
 }
+
+#[test]
+fn an_engine_dropped_inside_its_own_op_still_runs_every_op() {
+    model(|| {
+        // Whether the main thread or the op drops the last handle depends on the interleaving;
+        // dropped on its own worker, the engine must neither wait for itself nor lose an op.
+        let engine = Arc::new(TestEngine::new(1));
+        let var = TestVar::new();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (handle, count) = (Arc::clone(&engine), Arc::clone(&ran));
+        let drops_engine = move || {
+            drop(handle);
+            count.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        };
+        engine.push(drops_engine, &[], slice::from_ref(&var), 0);
+        let count = Arc::clone(&ran);
+        let reads = move || {
+            count.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        };
+        engine.push(reads, slice::from_ref(&var), &[], 0);
+        drop(engine);
+        assert_eq!(var.wait(), Ok(()));
+        assert_eq!(ran.load(Ordering::Relaxed), 2);
+    });
+}

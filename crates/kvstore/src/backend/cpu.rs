@@ -132,6 +132,12 @@ impl Backend for CpuBackend {
         if dtype != DType::F32 {
             return SpecBackend.reduce(values, dtype, merged);
         }
+        if let [Value::Dense(only)] = values {
+            if let Some(src) = only.f32s() {
+                let out = dense_f32(merged, only.shape(), only.device())?;
+                return kvstore_cpu::sum_into(out, &[src]).map_err(kernel);
+            }
+        }
         if let Some(inputs) = dense_f32_values(values) {
             let out = dense_f32(merged, first.shape(), first.device())?;
             return kvstore_cpu::sum_into(out, &inputs).map_err(kernel);

@@ -24,6 +24,9 @@ fn residuals_for<'a>(
     residuals: &'a mut BTreeMap<ResidualId, Vec<f32>>,
     ids: &[ResidualId],
 ) -> Vec<&'a mut Vec<f32>> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
     for id in ids {
         residuals.entry(*id).or_default();
     }
@@ -52,12 +55,21 @@ impl<B: Backend> Exec<B> {
         residuals: &mut [&mut Vec<f32>],
         merged: &mut Value,
     ) -> Result<()> {
+        let dtype = group.slot.dtype;
+        let run = |values: &[&Value], residuals: &mut [&mut Vec<f32>], merged: &mut Value| {
+            match compression {
+                Some(c) => self.backend.compress_reduce(c, values, residuals, merged),
+                None => self.backend.reduce(values, dtype, merged),
+            }
+        };
+        // One value (the common case of many small keys) needs no list.
+        if let [only] = group.inputs.as_slice() {
+            let snapshot = only.snapshot();
+            return run(&[snapshot.as_ref()], residuals, merged);
+        }
         let snapshots: Vec<Arc<Value>> = group.inputs.iter().map(Input::snapshot).collect();
         let values: Vec<&Value> = snapshots.iter().map(|v| v.as_ref()).collect();
-        match compression {
-            Some(c) => self.backend.compress_reduce(c, &values, residuals, merged),
-            None => self.backend.reduce(&values, group.slot.dtype, merged),
-        }
+        run(&values, residuals, merged)
     }
 
     pub fn push(&self, plan: &PushPlan) -> Result<()> {
@@ -155,32 +167,32 @@ impl<B: Backend> Exec<B> {
         let items = &plan.items;
         let mut at = 0;
         while let Some((slot, first)) = items.get(at) {
-            // A run of outputs of one key (a key pulled to every device) is filled from one
-            // read of the value, when the outputs are distinct arrays.
             let run = items[at..]
                 .iter()
                 .take_while(|(s, _)| Arc::ptr_eq(s, slot))
                 .count();
+            let data = slot.data();
+            if run == 1 {
+                first.with_mut(|o| self.backend.pull_into(&data.value, o, plan.ignore_sparse))?;
+                at += 1;
+                continue;
+            }
+            // A run of outputs of one key (a key pulled to every device) is filled from one
+            // read of the value, when the outputs are distinct arrays.
             let outs: Vec<&crate::NdArray> = items[at..at + run].iter().map(|(_, o)| o).collect();
             let distinct = outs
                 .iter()
                 .enumerate()
                 .all(|(i, a)| outs[..i].iter().all(|b| !a.same_array(b)));
-            let data = slot.data();
-            if run > 1 && distinct {
+            if distinct {
                 let mut guards: Vec<_> = outs.iter().map(|o| o.lock_for_write()).collect();
                 let mut values: Vec<&mut Value> =
                     guards.iter_mut().map(|g| Arc::make_mut(&mut **g)).collect();
                 self.backend
                     .pull_into_many(&data.value, &mut values, plan.ignore_sparse)?;
             } else {
-                first.with_mut(|o| self.backend.pull_into(&data.value, o, plan.ignore_sparse))?;
-                if run > 1 {
-                    for out in &outs[1..] {
-                        out.with_mut(|o| {
-                            self.backend.pull_into(&data.value, o, plan.ignore_sparse)
-                        })?;
-                    }
+                for out in outs {
+                    out.with_mut(|o| self.backend.pull_into(&data.value, o, plan.ignore_sparse))?;
                 }
             }
             at += run;

@@ -12,6 +12,7 @@
 //!   nothing: a multi-key push stages every key's result before it writes any.
 
 mod exec;
+mod key_hash;
 mod plan;
 mod slot;
 

@@ -2,6 +2,7 @@
 //! fixed metadata, before anything is queued. The checks follow the spec's order so that a
 //! call with several mistakes reports the same one (the equivalence suites compare errors).
 
+use super::key_hash::BuildKeyHasher;
 use super::slot::{ResidualId, Slot};
 use crate::args::Input;
 use crate::array::EngineVar;
@@ -12,7 +13,7 @@ use kvstore_spec::kind::{Kind, StoreClass};
 use kvstore_spec::optimizer::{Optimizer, State};
 use kvstore_spec::updater::Updater;
 use kvstore_spec::{sparse, transfer, Device, Error, Key, Result, StorageType, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// The updater pushes apply, as it was when they were queued.
@@ -29,7 +30,7 @@ pub(crate) enum UpdaterRef {
 pub(crate) struct Front {
     pub kind: Kind,
     pub key_type: Option<KeyType>,
-    slots: HashMap<Key, Arc<Slot>>,
+    slots: HashMap<Key, Arc<Slot>, BuildKeyHasher>,
     next_seq: i64,
     pub compression: Option<Compression>,
     pub updater: Option<UpdaterRef>,
@@ -135,7 +136,7 @@ impl Front {
         Ok(Front {
             kind,
             key_type: None,
-            slots: HashMap::new(),
+            slots: HashMap::default(),
             next_seq: 0,
             compression: None,
             updater: None,
@@ -198,8 +199,9 @@ impl Front {
         let mut key_type = self.key_type;
         key::fix_key_type(&mut key_type, pairs.iter().map(|(k, _)| k))?;
         let mut values: Vec<(Key, Value)> = Vec::with_capacity(pairs.len());
+        let mut seen: HashSet<&Key> = HashSet::with_capacity(pairs.len());
         for (key, input) in pairs {
-            if self.slots.contains_key(key) || values.iter().any(|(k, _)| k == key) {
+            if self.slots.contains_key(key) || !seen.insert(key) {
                 return Err(Error::DuplicateInit { key: key.clone() });
             }
             // init is synchronous: it reads an array input once its pending writes are done.
@@ -240,22 +242,50 @@ impl View {
     /// of every group before anything runs (R59).
     pub fn plan_push(&mut self, front: &Front, pairs: Vec<(Key, Input)>) -> Result<PushPlan> {
         self.fix_key_type(pairs.iter().map(|(k, _)| k))?;
-        let mut by_key: BTreeMap<Key, Vec<Input>> = BTreeMap::new();
-        for (key, input) in pairs {
-            by_key.entry(key).or_default().push(input);
-        }
-        let mut ordered = Vec::with_capacity(by_key.len());
-        for (key, inputs) in by_key {
-            let order = match &key {
-                Key::Int(k) => *k,
-                Key::Str(_) => front.entry(&key)?.seq,
+        // Key order: int keys by value, string keys by init order (R16); a string key that
+        // was never initialised has no order, and the first of those by name is the error, as
+        // in the spec, which groups by key before it orders.
+        let mut missing: Option<&Key> = None;
+        let mut ordered: Vec<(i64, usize, Option<&Arc<Slot>>)> = Vec::with_capacity(pairs.len());
+        for (index, (key, _)) in pairs.iter().enumerate() {
+            let slot = front.slot(key);
+            let order = match (key, slot) {
+                (Key::Int(k), _) => *k,
+                (Key::Str(_), Some(slot)) => slot.seq,
+                (Key::Str(_), None) => {
+                    if missing.is_none_or(|m| key < m) {
+                        missing = Some(key);
+                    }
+                    continue;
+                }
             };
-            ordered.push((order, key, inputs));
+            ordered.push((order, index, slot));
         }
-        ordered.sort_by_key(|(order, _, _)| *order);
-        let mut groups = Vec::with_capacity(ordered.len());
-        for (_, key, inputs) in ordered {
-            groups.push(self.plan_group(front, key, inputs)?);
+        if let Some(key) = missing {
+            return Err(Error::NotInitialized { key: key.clone() });
+        }
+        // Equal orders are one key; the index keeps its values in call order.
+        ordered.sort_unstable_by_key(|&(order, index, _)| (order, index));
+        let mut inputs: Vec<Option<(Key, Input)>> = pairs.into_iter().map(Some).collect();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut at = 0;
+        while let Some(&(order, _, slot)) = ordered.get(at) {
+            let run = ordered[at..]
+                .iter()
+                .take_while(|(o, _, _)| *o == order)
+                .count();
+            let mut key = None;
+            let mut values = Vec::with_capacity(run);
+            for &(_, index, _) in &ordered[at..at + run] {
+                if let Some((k, input)) = inputs.get_mut(index).and_then(Option::take) {
+                    key = Some(k);
+                    values.push(input);
+                }
+            }
+            if let Some(key) = key {
+                groups.push(self.plan_group(front, key, slot, values)?);
+            }
+            at += run;
         }
         Ok(PushPlan {
             groups,
@@ -264,19 +294,29 @@ impl View {
         })
     }
 
-    fn plan_group(&mut self, front: &Front, key: Key, inputs: Vec<Input>) -> Result<Group> {
-        let slot = front.entry(&key)?;
-        let snapshots: Vec<Arc<Value>> = inputs.iter().map(Input::snapshot).collect();
-        for value in &snapshots {
-            transfer::check_shape(&key, &slot.shape, value)?;
-            front.check_dense_only(&key, value)?;
+    fn plan_group(
+        &mut self,
+        front: &Front,
+        key: Key,
+        slot: Option<&Arc<Slot>>,
+        inputs: Vec<Input>,
+    ) -> Result<Group> {
+        let slot = slot.ok_or_else(|| Error::NotInitialized { key: key.clone() })?;
+        for input in &inputs {
+            let value = input.snapshot();
+            transfer::check_shape(&key, &slot.shape, &value)?;
+            front.check_dense_only(&key, &value)?;
         }
-        self.check_nccl_devices(front, &key, &snapshots)?;
+        if front.is_nccl() && inputs.len() >= 2 {
+            let values: Vec<Arc<Value>> = inputs.iter().map(Input::snapshot).collect();
+            self.check_nccl_devices(front, &key, &values)?;
+        }
         let mut residual_ids = Vec::new();
         if front.compression.is_some() {
             let mut seen: BTreeMap<Device, usize> = BTreeMap::new();
-            for value in &snapshots {
-                transfer::check_compressible(&key, slot.dtype, value)?;
+            for input in &inputs {
+                let value = input.snapshot();
+                transfer::check_compressible(&key, slot.dtype, &value)?;
                 let occurrence = seen.entry(value.device()).or_insert(0);
                 residual_ids.push((value.device(), *occurrence));
                 *occurrence += 1;
