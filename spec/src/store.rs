@@ -213,7 +213,19 @@ impl LocalStore {
 
     /// Merges each key's values and stores the sum, or hands it to the updater (R15-R22).
     pub fn push(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
+        // Arguments that pass their checks fix the NCCL device set even when the work then
+        // fails (R23): the set is part of the arguments, checked when a call is issued.
+        self.transact(|s| s.check_push(pairs))?;
         self.transact(|s| s.push_unchecked(pairs))
+    }
+
+    /// The argument checks of a push, for every key (R59).
+    fn check_push(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
+        self.fix_key_type(pairs.iter().map(|(k, _)| k))?;
+        for (key, values) in self.group(pairs)? {
+            self.check_group(&key, &values)?;
+        }
+        Ok(())
     }
 
     fn push_unchecked(&mut self, pairs: &[(Key, Value)]) -> Result<()> {
@@ -377,15 +389,13 @@ impl LocalStore {
         pairs: &[(Key, Value)],
         outs: &[(Key, Value)],
     ) -> Result<Vec<Value>> {
+        // The pull's arguments are checked before the push runs (R59), on a copy that has the
+        // push's checks applied but none of its work; passing checks fix the device set (R23).
         self.transact(|s| {
-            // The pull's arguments are checked before the push runs (R59): on a copy that has
-            // the push's key type but none of its work.
-            let mut probe = s.clone();
-            probe.fix_key_type(pairs.iter().map(|(k, _)| k))?;
-            for (key, values) in probe.group(pairs)? {
-                probe.check_group(&key, &values)?;
-            }
-            probe.pull_unchecked(outs, true)?;
+            s.check_push(pairs)?;
+            s.clone().pull_unchecked(outs, true).map(|_| ())
+        })?;
+        self.transact(|s| {
             s.push_unchecked(pairs)?;
             s.pull_unchecked(outs, true)
         })

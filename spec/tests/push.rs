@@ -461,3 +461,21 @@ fn r59_pushpull_checks_its_outputs_before_pushing() {
         .unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
 }
+
+#[test]
+fn r23_a_push_that_fails_in_its_updater_still_fixes_the_device_set() {
+    let mut kv = store("nccl");
+    kv.init(&[(k(1), zeros(&[1], DType::F32))]).unwrap();
+    kv.set_updater(Box::new(failing_on_key_1));
+    let on = |d: u32| (k(1), full(&[1], 1.0).on(Device::Gpu(d)));
+    assert!(matches!(
+        kv.push(&[on(0), on(1)]),
+        Err(Error::Updater { .. })
+    ));
+    // The arguments were valid, so {gpu(0), gpu(1)} is the store's device set from now on.
+    assert!(matches!(
+        kv.push(&[on(0), on(2)]),
+        Err(Error::DeviceSetChanged { .. })
+    ));
+    assert_eq!(pull1(&mut kv, k(1), &[1]), vec![0.0]);
+}
