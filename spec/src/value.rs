@@ -198,15 +198,16 @@ mod elements {
 /// Equal bits, except that any two NaNs are equal: which NaN payload (and sign) an operation
 /// with NaN operands returns is unspecified by IEEE 754 and by Rust, and differs between
 /// scalar and vectorised code, so no backend can promise it (R60).
-fn same_element<T: Copy + PartialEq>(a: T, b: T, bits: impl Fn(T) -> u64) -> bool {
-    let nan = |x: T| x != x;
+fn same_element<T: Copy + PartialOrd>(a: T, b: T, bits: impl Fn(T) -> u64) -> bool {
+    // Only NaN is unordered with itself.
+    let nan = |x: T| x.partial_cmp(&x).is_none();
     (nan(a) && nan(b)) || bits(a) == bits(b)
 }
 
 impl PartialEq for Data {
     /// Bitwise equality, with every NaN equal to every NaN (R60).
     fn eq(&self, other: &Self) -> bool {
-        fn all<T: Copy + PartialEq>(a: &[T], b: &[T], bits: impl Fn(T) -> u64 + Copy) -> bool {
+        fn all<T: Copy + PartialOrd>(a: &[T], b: &[T], bits: impl Fn(T) -> u64 + Copy) -> bool {
             a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| same_element(x, y, bits))
         }
         match (self, other) {

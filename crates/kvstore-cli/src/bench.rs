@@ -967,11 +967,13 @@ pub fn duration_label(secs: f64) -> String {
     format!("{value:.decimals$} {unit}")
 }
 
+/// A ratio with enough digits that one shown at a target's value has met it (0.849 does not
+/// read as 0.85).
 fn ratio(r: f64) -> String {
     if r >= 10.0 {
-        format!("{r:.1}")
-    } else {
         format!("{r:.2}")
+    } else {
+        format!("{r:.3}")
     }
 }
 

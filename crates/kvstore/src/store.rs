@@ -295,7 +295,7 @@ impl KvStore {
             (keys, values),
             |(keys, values)| Op::Init {
                 keys: keys.clone(),
-                values: input_values(&values),
+                values: input_values(values),
             },
             |s, (keys, values)| s.init(normalize(keys, values)?),
         )
@@ -320,7 +320,7 @@ impl KvStore {
             (keys, values),
             |(keys, values)| Op::Push {
                 keys: keys.clone(),
-                values: input_values(&values),
+                values: input_values(values),
                 priority,
             },
             |s, (keys, values)| s.push(normalize(keys, values)?, priority),
@@ -345,7 +345,7 @@ impl KvStore {
             (keys, outs),
             |(keys, outs)| Op::Pull {
                 keys: keys.clone(),
-                outs: contents(&outs),
+                outs: contents(outs),
                 priority: options.priority,
                 ignore_sparse: options.ignore_sparse,
             },
@@ -382,7 +382,7 @@ impl KvStore {
             (keys, outs, row_ids),
             |(keys, outs, row_ids)| Op::RowSparsePull {
                 keys: keys.clone(),
-                outs: contents(&outs),
+                outs: contents(outs),
                 row_ids: match row_ids.as_slice() {
                     [one] => RowIdsArg::One(one.clone()),
                     many => RowIdsArg::PerOutput(many.to_vec()),
@@ -408,8 +408,8 @@ impl KvStore {
             (keys, values, outs),
             |(keys, values, outs)| Op::PushPull {
                 keys: keys.clone(),
-                values: input_values(&values),
-                outs: Some(contents(&outs)),
+                values: input_values(values),
+                outs: Some(contents(outs)),
             },
             |s, (keys, values, outs)| {
                 let pairs = normalize(keys.clone(), values)?;
@@ -430,8 +430,8 @@ impl KvStore {
             (keys, values, outs),
             |(keys, values, outs)| Op::Broadcast {
                 keys: keys.clone(),
-                values: input_values(&values),
-                outs: contents(&outs),
+                values: input_values(values),
+                outs: contents(outs),
             },
             |s, (keys, values, outs)| {
                 let pairs = normalize(keys.clone(), values)?;

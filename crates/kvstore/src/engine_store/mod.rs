@@ -214,7 +214,7 @@ impl<B: Backend> EngineStore<B> {
                 Ok(())
             },
             &reads,
-            &[done.clone()],
+            std::slice::from_ref(&done),
             0,
         );
         done.wait().map_err(|f| f.0)?;
