@@ -119,9 +119,8 @@ fn gather_sparse_serial(
 /// its row (`f32` additions, running sum on the left), so `-0.0 + -0.0` gives `+0.0` as in
 /// MXNet; with exactly one input the result is a copy (`-0.0` kept, signalling NaNs quieted).
 ///
-/// Both vectors are cleared and refilled; their capacity is reused, so once it suffices the
-/// kernel does not allocate (`out_ids` needs room for all the inputs' ids together when there
-/// are three or more inputs).
+/// Both vectors are refilled; their capacity is reused, so once it suffices the kernel does
+/// not allocate. Every input is read once and every output row written once.
 ///
 /// Errors: no input, or an input whose data is not `ids.len() * row_len` long
 /// ([`KernelError::LengthMismatch`]); ids not strictly increasing
@@ -152,33 +151,81 @@ pub fn sparse_sum_into(
         [] => {}
         [(a, _)] => out_ids.extend_from_slice(a),
         [(a, _), (b, _)] => merge_union(a, b, out_ids),
-        _ => {
-            for (ids, _) in inputs {
-                out_ids.extend_from_slice(ids);
-            }
-            out_ids.sort_unstable();
-            out_ids.dedup();
-        }
+        _ => merge_union_many(inputs, out_ids),
     }
-    out_data.clear();
     if let [(_, data)] = inputs {
+        out_data.clear();
         out_data.resize(data.len(), 0.0);
         copy_quiet(out_data, data);
         return Ok(());
     }
-    // The `+0.0` every element of a sum of two or more row_sparse values starts from.
+    // Every element is written below, so a warm buffer is only resized, never cleared.
     out_data.resize(out_ids.len() * row_len, 0.0);
     if row_len == 0 {
         return Ok(());
     }
     match par::rows_per_chunk(out_ids.len(), row_len) {
-        None => sparse_add_serial(inputs, row_len, out_ids, out_data),
+        None => sparse_sum_rows(inputs, row_len, out_ids, out_data),
         Some(rpc) => out_data
             .par_chunks_mut(rpc * row_len)
             .zip(out_ids.par_chunks(rpc))
-            .for_each(|(o, ids)| sparse_add_serial(inputs, row_len, ids, o)),
+            .for_each(|(o, ids)| sparse_sum_rows(inputs, row_len, ids, o)),
     }
     Ok(())
+}
+
+/// The sorted union of several strictly increasing lists, in one pass over all of them.
+fn merge_union_many(inputs: &[(&[i64], &[f32])], out: &mut Vec<i64>) {
+    let mut cursors = vec![0usize; inputs.len()];
+    loop {
+        let next = inputs
+            .iter()
+            .zip(&cursors)
+            .filter_map(|((ids, _), &c)| ids.get(c))
+            .min()
+            .copied();
+        let Some(id) = next else { break };
+        out.push(id);
+        for ((ids, _), c) in inputs.iter().zip(cursors.iter_mut()) {
+            if ids.get(*c) == Some(&id) {
+                *c += 1;
+            }
+        }
+    }
+}
+
+/// Writes each row of `ids` (a run of the union) once: `+0.0` plus every input's row with that
+/// id, in list order; every input is read once.
+fn sparse_sum_rows(inputs: &[(&[i64], &[f32])], row_len: usize, ids: &[i64], out: &mut [f32]) {
+    let Some(&first) = ids.first() else {
+        return;
+    };
+    let mut cursors: Vec<usize> = inputs
+        .iter()
+        .map(|(in_ids, _)| in_ids.partition_point(|&x| x < first))
+        .collect();
+    for (&id, row) in ids.iter().zip(out.chunks_exact_mut(row_len)) {
+        let mut written = false;
+        for ((in_ids, data), c) in inputs.iter().zip(cursors.iter_mut()) {
+            if in_ids.get(*c) != Some(&id) {
+                continue;
+            }
+            let src = &data[*c * row_len..(*c + 1) * row_len];
+            if written {
+                add_in_place(row, src);
+            } else {
+                // The sum starts from +0.0 (so -0.0 + -0.0 gives +0.0, as the spec's).
+                for (o, &x) in row.iter_mut().zip(src) {
+                    *o = 0.0 + x;
+                }
+                written = true;
+            }
+            *c += 1;
+        }
+        if !written {
+            row.fill(0.0);
+        }
+    }
 }
 
 /// The sorted union of two strictly increasing lists.
@@ -191,26 +238,6 @@ fn merge_union(a: &[i64], b: &[i64], out: &mut Vec<i64>) {
     }
     out.extend_from_slice(&a[i.min(a.len())..]);
     out.extend_from_slice(&b[j.min(b.len())..]);
-}
-
-/// Adds, input by input in list order, every input row whose id is in `ids` (a run of the
-/// union) to its row of `out`.
-fn sparse_add_serial(inputs: &[(&[i64], &[f32])], row_len: usize, ids: &[i64], out: &mut [f32]) {
-    let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
-        return;
-    };
-    for (in_ids, data) in inputs {
-        let lo = in_ids.partition_point(|&x| x < first);
-        let hi = in_ids.partition_point(|&x| x <= last);
-        let mut pos = 0;
-        for (k, &id) in in_ids[lo..hi].iter().enumerate() {
-            // `id` is in the union, so the walk finds it.
-            pos += ids[pos..].partition_point(|&x| x < id);
-            let src = (lo + k) * row_len;
-            let dst = pos * row_len;
-            add_in_place(&mut out[dst..dst + row_len], &data[src..src + row_len]);
-        }
-    }
 }
 
 /// Adds rows into a dense buffer: `dense[ids[k] * row_len + j] += rows[k * row_len + j]`, for

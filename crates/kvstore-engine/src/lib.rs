@@ -53,6 +53,7 @@ mod engine;
 mod op;
 mod scheduler;
 mod sync;
+mod tickets;
 mod var;
 
 pub use engine::Engine;

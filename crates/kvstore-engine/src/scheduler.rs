@@ -2,10 +2,11 @@
 //! not completed, and its error list.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::op::Op;
 use crate::sync::{self, Arc, Condvar, Mutex};
+use crate::tickets::Tickets;
 
 pub(crate) struct Scheduler<E> {
     state: Mutex<State<E>>,
@@ -19,7 +20,7 @@ struct State<E> {
     next_seq: u64,
     ready: BinaryHeap<Ready<E>>,
     /// Seqs of issued ops not yet completed.
-    incomplete: BTreeSet<u64>,
+    incomplete: Tickets,
     /// Errors of failed ops by seq, so the earliest issued is returned first.
     errors: BTreeMap<u64, E>,
     /// Set when the engine is dropped: workers exit once no op is incomplete.
@@ -37,7 +38,7 @@ impl<E> Scheduler<E> {
             state: Mutex::new(State {
                 next_seq: 0,
                 ready: BinaryHeap::new(),
-                incomplete: BTreeSet::new(),
+                incomplete: Tickets::default(),
                 errors: BTreeMap::new(),
                 shutdown: false,
                 waiters: 0,
@@ -82,7 +83,7 @@ impl<E> Scheduler<E> {
         if let Some(error) = error {
             state.errors.insert(seq, error);
         }
-        state.incomplete.remove(&seq);
+        state.incomplete.remove(seq);
         let finished = state.shutdown && state.incomplete.is_empty();
         let waiters = state.waiters > 0;
         drop(state);
@@ -99,7 +100,7 @@ impl<E> Scheduler<E> {
     pub(crate) fn wait_all(&self) -> Result<(), E> {
         let mut state = sync::lock(&self.state);
         let issued = state.next_seq;
-        while state.incomplete.first().is_some_and(|&seq| seq < issued) {
+        while state.incomplete.first().is_some_and(|seq| seq < issued) {
             state.waiters += 1;
             state = sync::wait(&self.completed, state);
             state.waiters -= 1;

@@ -1,11 +1,12 @@
 //! Vars and the per-var dependency rule: each var grants access to the ops issued on it in issue
 //! order; a writer gets it alone, a run of consecutive readers shares it.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 
 use crate::op::Op;
 use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard};
+use crate::tickets::Tickets;
 
 /// An engine variable: one per piece of data that ops read or write (a key, an output array).
 ///
@@ -29,7 +30,7 @@ pub(crate) struct State<E> {
     /// The ticket the next op issued on this var gets; tickets rise in issue order.
     next_ticket: u64,
     /// Tickets of the ops issued on this var and not yet completed.
-    incomplete: BTreeSet<u64>,
+    incomplete: Tickets,
     /// Ops issued on this var and not yet granted it, in issue order, with whether they write.
     waiting: VecDeque<(Arc<Op<E>>, bool)>,
     /// Granted readers not yet completed (granted includes ready but not yet running).
@@ -51,7 +52,7 @@ impl<E: Clone + Send + 'static> Var<E> {
                 id: sync::next_id(),
                 state: Mutex::new(State {
                     next_ticket: 0,
-                    incomplete: BTreeSet::new(),
+                    incomplete: Tickets::default(),
                     waiting: VecDeque::new(),
                     granted_readers: 0,
                     granted_writer: false,
@@ -75,7 +76,7 @@ impl<E: Clone + Send + 'static> Var<E> {
         while state
             .incomplete
             .first()
-            .is_some_and(|&ticket| ticket < issued)
+            .is_some_and(|ticket| ticket < issued)
         {
             state.waiters += 1;
             state = sync::wait(&self.inner.completed, state);
@@ -92,7 +93,7 @@ impl<E: Clone + Send + 'static> Var<E> {
         while state
             .incomplete
             .first()
-            .is_some_and(|&ticket| ticket < issued)
+            .is_some_and(|ticket| ticket < issued)
         {
             state.waiters += 1;
             state = sync::wait(&self.inner.completed, state);
@@ -132,7 +133,7 @@ impl<E: Clone + Send + 'static> Var<E> {
         } else {
             state.granted_readers = state.granted_readers.saturating_sub(1);
         }
-        state.incomplete.remove(&ticket);
+        state.incomplete.remove(ticket);
         let granted = state.grant_waiting();
         let waiters = state.waiters > 0;
         drop(state);

@@ -78,8 +78,8 @@ fn dense_f32<'a>(value: &'a mut Value, shape: &[usize], device: Device) -> Resul
     }
 }
 
-/// The id and data vectors of a row_sparse buffer, emptied but with their capacity, so they
-/// can be refilled without allocating.
+/// The id and data vectors of a row_sparse buffer (ids emptied, data as it was), so they can
+/// be refilled without allocating.
 fn take_sparse_parts(value: &mut Value) -> Result<(Vec<i64>, Vec<f32>)> {
     // An empty tensor holds no heap memory: the placeholder costs nothing.
     let placeholder = Value::Dense(Tensor::zeros(vec![0], DType::F32)?);
@@ -90,13 +90,14 @@ fn take_sparse_parts(value: &mut Value) -> Result<(Vec<i64>, Vec<f32>)> {
         }
         Value::Dense(t) => (Vec::new(), t.into_parts().1),
     };
-    let mut data = match data {
+    let data = match data {
         Data::F32(xs) => xs,
         _ => Vec::new(),
     };
     let mut ids = ids;
     ids.clear();
-    data.clear();
+    // The data keeps its length: callers resize it and overwrite every element, so a warm
+    // buffer is never zero-filled first.
     Ok((ids, data))
 }
 
@@ -252,18 +253,23 @@ impl Backend for CpuBackend {
                 kvstore_cpu::gather_sparse_rows(r.ids(), table, row_len, ids, &mut data)
             }),
         };
-        let rebuilt = RowSparse::new(shape, out_ids, data).map(|r| Value::RowSparse(r.on(device)));
-        match (gathered, rebuilt) {
+        let rebuilt =
+            RowSparse::new(shape.clone(), out_ids, data).map(|r| Value::RowSparse(r.on(device)));
+        let failure = match (gathered, rebuilt) {
             (Some(Ok(())), Ok(value)) => {
                 *out = value;
-                Ok(())
+                return Ok(());
             }
-            (Some(Err(e)), _) => Err(kernel(e)),
-            (_, Err(e)) => Err(e),
-            (None, _) => Err(Error::OperationPanicked {
+            (Some(Err(e)), _) => kernel(e),
+            (_, Err(e)) => e,
+            (None, _) => Error::OperationPanicked {
                 message: "row_sparse_pull lost its f32 data".into(),
-            }),
-        }
+            },
+        };
+        // Unreachable with checked ids; even so the output keeps its shape, dtype and device,
+        // which later calls were checked against.
+        *out = Value::RowSparse(RowSparse::empty(shape, DType::F32)?.on(device));
+        Err(failure)
     }
 
     fn optimize(
