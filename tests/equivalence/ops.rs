@@ -14,6 +14,12 @@ use proptest::sample::{select, subsequence};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// What an array an earlier op pulled into holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotMeta {
+    pub shape: Vec<usize>,
+}
+
 /// What a key holds fixed: its init value's shape and dtype.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyMeta {
@@ -59,6 +65,19 @@ pub enum Op {
         values: Values<Value>,
         outs: Values<Value>,
     },
+    /// Pushes arrays earlier ops pulled into (indices into the slots, see
+    /// [`crate::model::Model::slots`]); the engine reads them in engine order.
+    PushSlots {
+        keys: Keys,
+        slots: Values<usize>,
+        priority: i32,
+    },
+    /// Pulls into arrays earlier ops pulled into.
+    PullSlots {
+        keys: Keys,
+        slots: Values<usize>,
+        ignore_sparse: bool,
+    },
     SetCompression(Compression),
     SetOptimizer(Sgd),
     SetUpdater(UpdaterKind),
@@ -80,6 +99,8 @@ pub enum Op {
     CorruptStates {
         file: u8,
     },
+    /// `value_of` a key.
+    ValueOf(Key),
     WaitAll,
 }
 
@@ -115,8 +136,8 @@ pub fn element() -> BoxedStrategy<f64> {
         10 => (-16i32..=16).prop_map(|i| f64::from(i) * 0.25),
         5 => -100.0f64..100.0,
         1 => Just(-0.0),
-        1 => select(&[1e30, -1e30, 3.0e38, -3.0e38, 1e-40, 65504.0, 70000.0, 0.1][..]),
-        1 => select(&[f64::INFINITY, f64::NEG_INFINITY, f64::NAN][..]),
+        1 => select(vec![1e30, -1e30, 3.0e38, -3.0e38, 1e-40, 65504.0, 70000.0, 0.1]),
+        1 => select(vec![f64::INFINITY, f64::NEG_INFINITY, f64::NAN]),
     ]
     .boxed()
 }
@@ -183,11 +204,14 @@ pub fn keys_of(picks: Vec<Key>) -> BoxedStrategy<Keys> {
 }
 
 /// Builds a leaf strategy for a key.
-pub type LeafFn = Arc<dyn Fn(&Key) -> BoxedStrategy<Value> + Send + Sync>;
+pub type LeafFn<T = Value> = Arc<dyn Fn(&Key) -> BoxedStrategy<T> + Send + Sync>;
 
 /// Values (or outputs) shaped like `keys`: one key takes one value or a list of them (several
 /// devices); a key list takes per key a value or a group of values.
-pub fn values_for(keys: &Keys, leaf: &LeafFn) -> BoxedStrategy<Values<Value>> {
+pub fn values_for<T: Clone + std::fmt::Debug + 'static>(
+    keys: &Keys,
+    leaf: &LeafFn<T>,
+) -> BoxedStrategy<Values<T>> {
     match keys {
         Keys::One(k) => prop_oneof![
             3 => leaf(k).prop_map(Values::One),
@@ -196,7 +220,7 @@ pub fn values_for(keys: &Keys, leaf: &LeafFn) -> BoxedStrategy<Values<Value>> {
         ]
         .boxed(),
         Keys::List(ks) => {
-            let items: Vec<BoxedStrategy<Item<Value>>> = ks
+            let items: Vec<BoxedStrategy<Item<T>>> = ks
                 .iter()
                 .map(|k| {
                     prop_oneof![
@@ -213,7 +237,9 @@ pub fn values_for(keys: &Keys, leaf: &LeafFn) -> BoxedStrategy<Values<Value>> {
 
 /// Rarely breaks the argument shape (R11): a missing item, a single value for a key list, an
 /// empty group.
-pub fn malformed(values: BoxedStrategy<Values<Value>>) -> BoxedStrategy<Values<Value>> {
+pub fn malformed<T: Clone + std::fmt::Debug + 'static>(
+    values: BoxedStrategy<Values<T>>,
+) -> BoxedStrategy<Values<T>> {
     (values, 0u32..100)
         .prop_map(|(values, roll)| match (values, roll) {
             (Values::List(mut items), 0) if !items.is_empty() => {
@@ -269,23 +295,25 @@ pub fn row_ids(outputs: usize, rows: usize) -> BoxedStrategy<Vec<Vec<i64>>> {
 /// SGD parameters, rarely invalid (R45).
 pub fn sgd() -> BoxedStrategy<Sgd> {
     (
-        prop_oneof![select(&[0.1f32, 0.5, 1.0, 0.01][..]), 0.0f32..2.0],
-        select(&[0.0f32, 0.0, 0.9][..]),
-        select(&[0.0f32, 0.0, 0.01, 0.5][..]),
-        select(&[1.0f32, 1.0, 0.5, 2.0][..]),
+        prop_oneof![select(vec![0.1f32, 0.5, 1.0, 0.01]), 0.0f32..2.0],
+        select(vec![0.0f32, 0.0, 0.9]),
+        select(vec![0.0f32, 0.0, 0.01, 0.5]),
+        select(vec![1.0f32, 1.0, 0.5, 2.0]),
         prop_oneof![
             3 => Just(None),
-            2 => select(&[0.5f32, 1.0, 10.0, 0.0][..]).prop_map(Some),
-            1 => select(&[-1.0f32, f32::NAN][..]).prop_map(Some),
+            2 => select(vec![0.5f32, 1.0, 10.0, 0.0]).prop_map(Some),
+            1 => select(vec![-1.0f32, f32::NAN]).prop_map(Some),
         ],
     )
-        .prop_map(|(learning_rate, momentum, wd, rescale_grad, clip_gradient)| Sgd {
-            learning_rate,
-            momentum,
-            wd,
-            rescale_grad,
-            clip_gradient,
-        })
+        .prop_map(
+            |(learning_rate, momentum, wd, rescale_grad, clip_gradient)| Sgd {
+                learning_rate,
+                momentum,
+                wd,
+                rescale_grad,
+                clip_gradient,
+            },
+        )
         .boxed()
 }
 

@@ -37,7 +37,11 @@ impl UpdaterKind {
             }
             UpdaterKind::FailOnKey(_) => (1.0, true),
             UpdaterKind::FailAbove(bound) => {
-                if let Some(x) = merged.to_f32().into_iter().find(|x| !(x.abs() <= *bound)) {
+                if let Some(x) = merged
+                    .to_f32()
+                    .into_iter()
+                    .find(|x| x.is_nan() || x.abs() > *bound)
+                {
                     return Err(UpdateError(format!("gradient element {x} above {bound}")));
                 }
                 (1.0, true)
@@ -51,7 +55,10 @@ impl UpdaterKind {
             .collect();
         let tensor = if keep_dtype {
             let wide: Vec<f64> = sum.iter().map(|&x| f64::from(x)).collect();
-            Tensor::new(stored.shape().to_vec(), Data::from_f64(stored.dtype(), &wide))
+            Tensor::new(
+                stored.shape().to_vec(),
+                Data::from_f64(stored.dtype(), &wide),
+            )
         } else {
             Tensor::new(stored.shape().to_vec(), sum)
         }
