@@ -1,6 +1,6 @@
 //! The `kvstore` command line, as a library so that tests can call every subcommand directly.
 //!
-//! - [`bench`]: `kvstore bench`, timings against the memory-bandwidth floor and MXNet.
+//! - [`bench`](mod@bench): `kvstore bench`, timings against the memory-bandwidth floor and MXNet.
 //! - [`cli`]: the clap definitions ([`Cli`], [`Command`]) and dispatch ([`run`]).
 //! - [`demo`]: `kvstore demo`, data-parallel training of a logistic regression on simulated
 //!   devices that push gradients to and pull weights from a store.

@@ -1,7 +1,7 @@
 //! The backend interface: the data work of a store (merge, compress, copy out, update), one
 //! implementation per place the data lives.
 //!
-//! The engine-driven store ([`crate::engine_store`]) decides *when* each piece of work runs and
+//! The engine-driven store (`engine_store`, private) decides *when* each piece of work runs and
 //! checks every argument before queueing it; a backend only does the arithmetic, in place, on
 //! values the store has already validated. [`SpecBackend`] does it with the specification's
 //! reference code, [`CpuBackend`] with vectorised, multi-core kernels. Both give the same bits:
