@@ -67,7 +67,12 @@ impl<B: Backend> Exec<B> {
             let snapshot = only.snapshot();
             return run(&[snapshot.as_ref()], residuals, merged);
         }
-        let snapshots: Vec<Arc<Value>> = group.inputs.iter().map(Input::snapshot).collect();
+        let snapshots: Vec<Arc<Value>> = group
+            .inputs
+            .as_slice()
+            .iter()
+            .map(Input::snapshot)
+            .collect();
         let values: Vec<&Value> = snapshots.iter().map(|v| v.as_ref()).collect();
         run(&values, residuals, merged)
     }

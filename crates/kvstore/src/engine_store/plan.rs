@@ -29,6 +29,9 @@ pub(crate) enum UpdaterRef {
 #[derive(Debug, Clone)]
 pub(crate) struct Front {
     pub kind: Kind,
+    /// Whether the kind is NCCL's, found once (a name search per value would show in calls
+    /// with many keys).
+    nccl: bool,
     pub key_type: Option<KeyType>,
     slots: HashMap<Key, Arc<Slot>, BuildKeyHasher>,
     next_seq: i64,
@@ -55,11 +58,27 @@ pub(crate) struct InitPlan {
     values: Vec<(Key, Value)>,
 }
 
+/// One key's values in call order: usually one, which needs no list of its own.
+#[derive(Debug)]
+pub(crate) enum GroupInputs {
+    One(Input),
+    Many(Vec<Input>),
+}
+
+impl GroupInputs {
+    pub fn as_slice(&self) -> &[Input] {
+        match self {
+            GroupInputs::One(input) => std::slice::from_ref(input),
+            GroupInputs::Many(inputs) => inputs,
+        }
+    }
+}
+
 /// One key of a push: its values in call order and their residual slots.
 #[derive(Debug)]
 pub(crate) struct Group {
     pub slot: Arc<Slot>,
-    pub inputs: Vec<Input>,
+    pub inputs: GroupInputs,
     pub residual_ids: Vec<ResidualId>,
 }
 
@@ -96,7 +115,7 @@ fn array_vars<'a>(inputs: impl Iterator<Item = &'a Input>) -> Vec<EngineVar> {
 impl PushPlan {
     /// Arrays the push reads.
     pub fn reads(&self) -> Vec<EngineVar> {
-        array_vars(self.groups.iter().flat_map(|g| g.inputs.iter()))
+        array_vars(self.groups.iter().flat_map(|g| g.inputs.as_slice().iter()))
     }
 
     /// Keys the push writes.
@@ -134,6 +153,7 @@ impl Front {
             });
         }
         Ok(Front {
+            nccl: kind.class() == StoreClass::Nccl,
             kind,
             key_type: None,
             slots: HashMap::default(),
@@ -160,7 +180,7 @@ impl Front {
     }
 
     fn is_nccl(&self) -> bool {
-        self.kind.class() == StoreClass::Nccl
+        self.nccl
     }
 
     fn unsupported(&self, op: &'static str) -> Error {
@@ -275,14 +295,25 @@ impl View {
                 .take_while(|(o, _, _)| *o == order)
                 .count();
             let mut key = None;
-            let mut values = Vec::with_capacity(run);
-            for &(_, index, _) in &ordered[at..at + run] {
-                if let Some((k, input)) = inputs.get_mut(index).and_then(Option::take) {
-                    key = Some(k);
-                    values.push(input);
-                }
-            }
-            if let Some(key) = key {
+            let mut take = |index: usize| {
+                inputs
+                    .get_mut(index)
+                    .and_then(Option::take)
+                    .map(|(k, input)| {
+                        key = Some(k);
+                        input
+                    })
+            };
+            let values = if run == 1 {
+                take(ordered[at].1).map(GroupInputs::One)
+            } else {
+                let many: Vec<Input> = ordered[at..at + run]
+                    .iter()
+                    .filter_map(|&(_, index, _)| take(index))
+                    .collect();
+                Some(GroupInputs::Many(many))
+            };
+            if let (Some(key), Some(values)) = (key, values) {
                 groups.push(self.plan_group(front, key, slot, values)?);
             }
             at += run;
@@ -299,22 +330,22 @@ impl View {
         front: &Front,
         key: Key,
         slot: Option<&Arc<Slot>>,
-        inputs: Vec<Input>,
+        inputs: GroupInputs,
     ) -> Result<Group> {
         let slot = slot.ok_or_else(|| Error::NotInitialized { key: key.clone() })?;
-        for input in &inputs {
+        for input in inputs.as_slice() {
             let value = input.snapshot();
             transfer::check_shape(&key, &slot.shape, &value)?;
             front.check_dense_only(&key, &value)?;
         }
-        if front.is_nccl() && inputs.len() >= 2 {
-            let values: Vec<Arc<Value>> = inputs.iter().map(Input::snapshot).collect();
+        if front.is_nccl() && inputs.as_slice().len() >= 2 {
+            let values: Vec<Arc<Value>> = inputs.as_slice().iter().map(Input::snapshot).collect();
             self.check_nccl_devices(front, &key, &values)?;
         }
         let mut residual_ids = Vec::new();
         if front.compression.is_some() {
             let mut seen: BTreeMap<Device, usize> = BTreeMap::new();
-            for input in &inputs {
+            for input in inputs.as_slice() {
                 let value = input.snapshot();
                 transfer::check_compressible(&key, slot.dtype, &value)?;
                 let occurrence = seen.entry(value.device()).or_insert(0);
