@@ -52,7 +52,7 @@ pub mod sgd;
 
 pub use codec::{dequantize, quantize, quantize_sum_into, Codec};
 pub use reduce::{add_assign, sum_into};
-pub use rows::{gather_rows, gather_sparse_rows, scatter_add, sparse_sum_into};
+pub use rows::{gather_rows, gather_sparse_rows, scatter_add, sorted_unique_ids, sparse_sum_into};
 pub use sgd::{sgd_dense, sgd_rows, SgdParams};
 
 /// Why a kernel refused its arguments. A kernel that returns an error has written nothing.

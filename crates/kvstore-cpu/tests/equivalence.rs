@@ -870,3 +870,26 @@ fn sgd_kernels_refuse_bad_shapes_and_never_panic_on_odd_clip() {
     };
     sgd_rows(&p, &mut w, 2, &[1], &[5.0, -5.0], None).unwrap();
 }
+
+proptest! {
+    #[test]
+    fn sorted_unique_ids_match_spec_normalize_row_ids(
+        rows in prop_oneof![1usize..70, 1usize..5000, 100_000usize..3_000_000],
+        raw in prop::collection::vec(any::<u64>(), 0..300),
+    ) {
+        let ids: Vec<i64> = raw.iter().map(|&x| (x % rows as u64) as i64).collect();
+        let key = Key::Int(0);
+        let expected = sparse::normalize_row_ids(&key, &ids, rows).unwrap();
+        prop_assert_eq!(kvstore_cpu::sorted_unique_ids(&ids, rows).unwrap(), expected);
+    }
+
+    #[test]
+    fn sorted_unique_ids_refuse_what_spec_refuses(
+        rows in 1usize..100,
+        ids in prop::collection::vec(-5i64..120, 0..40),
+    ) {
+        let spec = sparse::normalize_row_ids(&Key::Int(0), &ids, rows);
+        let kernel = kvstore_cpu::sorted_unique_ids(&ids, rows);
+        prop_assert_eq!(spec.is_ok(), kernel.is_ok());
+    }
+}

@@ -144,6 +144,19 @@ impl RowSparsePlan {
     }
 }
 
+/// The spec's `normalize_row_ids` (R31, R32): the same error for the first id out of range,
+/// then the sorted unique ids from a linear-time kernel instead of a comparison sort.
+fn sorted_row_ids(key: &Key, ids: &[i64], rows: usize) -> Result<Vec<i64>> {
+    if let Some(&id) = ids.iter().find(|&&id| id < 0 || id as u64 >= rows as u64) {
+        return Err(Error::RowIdOutOfRange {
+            key: key.clone(),
+            id,
+            rows,
+        });
+    }
+    kvstore_cpu::sorted_unique_ids(ids, rows).or_else(|_| sparse::normalize_row_ids(key, ids, rows))
+}
+
 impl Front {
     pub fn new(kind: Kind) -> Result<Front> {
         if kind.class() == StoreClass::Dist {
@@ -442,7 +455,7 @@ impl View {
             }
             transfer::check_shape(&key, &slot.shape, &current)?;
             let rows = slot.shape.first().copied().unwrap_or(0);
-            let ids = sparse::normalize_row_ids(&key, ids, rows)?;
+            let ids = sorted_row_ids(&key, ids, rows)?;
             items.push((Arc::clone(slot), out, ids));
         }
         Ok(RowSparsePlan { items })
