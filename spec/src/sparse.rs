@@ -4,16 +4,23 @@ use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::value::{DType, Data, RowSparse, Value};
 
-/// Checks every requested id against the key's row count and returns them sorted, without
-/// duplicates (R31, R32).
-pub fn normalize_row_ids(key: &Key, ids: &[i64], rows: usize) -> Result<Vec<i64>> {
-    if let Some(&id) = ids.iter().find(|&&id| id < 0 || id as u64 >= rows as u64) {
-        return Err(Error::RowIdOutOfRange {
+/// Every requested id must be a row of the key: the first one that is not, in list order, is
+/// the error (R32).
+pub fn check_row_ids(key: &Key, ids: &[i64], rows: usize) -> Result<()> {
+    match ids.iter().find(|&&id| id < 0 || id as u64 >= rows as u64) {
+        Some(&id) => Err(Error::RowIdOutOfRange {
             key: key.clone(),
             id,
             rows,
-        });
+        }),
+        None => Ok(()),
     }
+}
+
+/// Checks every requested id against the key's row count and returns them sorted, without
+/// duplicates (R31, R32).
+pub fn normalize_row_ids(key: &Key, ids: &[i64], rows: usize) -> Result<Vec<i64>> {
+    check_row_ids(key, ids, rows)?;
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();

@@ -272,20 +272,11 @@ impl LocalStore {
         if !self.is_nccl() || values.len() < 2 {
             return Ok(());
         }
-        let mut devices: Vec<Device> = values.iter().map(|v| v.device()).collect();
-        devices.sort();
-        match &self.nccl_devices {
-            None => self.nccl_devices = Some(devices),
-            Some(expected) if *expected != devices => {
-                return Err(Error::DeviceSetChanged {
-                    key: key.clone(),
-                    expected: expected.clone(),
-                    found: devices,
-                })
-            }
-            Some(_) => {}
-        }
-        Ok(())
+        transfer::fix_device_set(
+            &mut self.nccl_devices,
+            key,
+            values.iter().map(|v| v.device()),
+        )
     }
 
     /// Quantises each value with its residual slot and returns what the receiver decodes (R42, R43).

@@ -5,7 +5,30 @@ use crate::codec::Compression;
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::sparse;
-use crate::value::{DType, RowSparse, StorageType, Tensor, Value};
+use crate::value::{DType, Device, RowSparse, StorageType, Tensor, Value};
+
+/// An NCCL store reduces over one device set, fixed by its first multi-device push (R23):
+/// fixes `set` from `devices` when it is open, otherwise they must be the same set.
+pub fn fix_device_set(
+    set: &mut Option<Vec<Device>>,
+    key: &Key,
+    devices: impl IntoIterator<Item = Device>,
+) -> Result<()> {
+    let mut devices: Vec<Device> = devices.into_iter().collect();
+    devices.sort();
+    match set {
+        None => *set = Some(devices),
+        Some(expected) if *expected != devices => {
+            return Err(Error::DeviceSetChanged {
+                key: key.clone(),
+                expected: expected.clone(),
+                found: devices,
+            })
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
 
 /// A value must have its key's shape (R18, R27).
 pub fn check_shape(key: &Key, expected: &[usize], value: &Value) -> Result<()> {

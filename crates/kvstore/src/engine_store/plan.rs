@@ -147,13 +147,7 @@ impl RowSparsePlan {
 /// The spec's `normalize_row_ids` (R31, R32): the same error for the first id out of range,
 /// then the sorted unique ids from a linear-time kernel instead of a comparison sort.
 fn sorted_row_ids(key: &Key, ids: &[i64], rows: usize) -> Result<Vec<i64>> {
-    if let Some(&id) = ids.iter().find(|&&id| id < 0 || id as u64 >= rows as u64) {
-        return Err(Error::RowIdOutOfRange {
-            key: key.clone(),
-            id,
-            rows,
-        });
-    }
+    sparse::check_row_ids(key, ids, rows)?;
     kvstore_cpu::sorted_unique_ids(ids, rows).or_else(|_| sparse::normalize_row_ids(key, ids, rows))
 }
 
@@ -352,8 +346,8 @@ impl View {
             front.check_dense_only(&key, &value)?;
         }
         if front.is_nccl() && inputs.as_slice().len() >= 2 {
-            let values: Vec<Arc<Value>> = inputs.as_slice().iter().map(Input::snapshot).collect();
-            self.check_nccl_devices(front, &key, &values)?;
+            let devices = inputs.as_slice().iter().map(|i| i.snapshot().device());
+            transfer::fix_device_set(&mut self.nccl_devices, &key, devices)?;
         }
         let mut residual_ids = Vec::new();
         if front.compression.is_some() {
@@ -371,31 +365,6 @@ impl View {
             inputs,
             residual_ids,
         })
-    }
-
-    fn check_nccl_devices(
-        &mut self,
-        front: &Front,
-        key: &Key,
-        values: &[Arc<Value>],
-    ) -> Result<()> {
-        if !front.is_nccl() || values.len() < 2 {
-            return Ok(());
-        }
-        let mut devices: Vec<Device> = values.iter().map(|v| v.device()).collect();
-        devices.sort();
-        match &self.nccl_devices {
-            None => self.nccl_devices = Some(devices),
-            Some(expected) if *expected != devices => {
-                return Err(Error::DeviceSetChanged {
-                    key: key.clone(),
-                    expected: expected.clone(),
-                    found: devices,
-                })
-            }
-            Some(_) => {}
-        }
-        Ok(())
     }
 
     /// Checks a pull (R25-R29).
