@@ -71,23 +71,18 @@ impl<E: Clone + Send + 'static> Var<E> {
     /// call stay for the next one: none is lost. Ops issued while this call waits are not waited
     /// for, so it returns even under a steady stream of new ops.
     pub fn wait(&self) -> Result<(), E> {
-        let mut state = sync::lock(&self.inner.state);
-        let issued = state.next_ticket;
-        while state
-            .incomplete
-            .first()
-            .is_some_and(|ticket| ticket < issued)
-        {
-            state.waiters += 1;
-            state = sync::wait(&self.inner.completed, state);
-            state.waiters -= 1;
-        }
+        let mut state = self.settled();
         state.errors.pop_front().map_or(Ok(()), Err)
     }
 
     /// Blocks until every op issued so far that reads or writes this var has completed, and
     /// leaves its errors for [`Var::wait`]: what a plain read of the data needs.
     pub fn wait_idle(&self) {
+        drop(self.settled());
+    }
+
+    /// The var's bookkeeping, locked once every op issued before the call has completed.
+    fn settled(&self) -> MutexGuard<'_, State<E>> {
         let mut state = sync::lock(&self.inner.state);
         let issued = state.next_ticket;
         while state
@@ -99,6 +94,7 @@ impl<E: Clone + Send + 'static> Var<E> {
             state = sync::wait(&self.inner.completed, state);
             state.waiters -= 1;
         }
+        state
     }
 
     /// The number of ops issued on this var and not yet completed. Never blocks on an op, so an op

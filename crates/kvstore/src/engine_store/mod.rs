@@ -28,7 +28,7 @@ use kvstore_spec::optimizer::{Optimizer, OptimizerUpdater, State};
 use kvstore_spec::store::Observable;
 use kvstore_spec::updater::Updater;
 use kvstore_spec::{Device, Error, Key, Result, Value};
-use plan::{Front, UpdaterRef};
+use plan::{Front, Planned, UpdaterRef, View};
 use slot::Slot;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -63,6 +63,29 @@ impl<B: Backend> EngineStore<B> {
         }
     }
 
+    /// Checks a call under the front lock (so concurrent calls are issued in one order), commits
+    /// what it fixes, and queues `run` on the engine with the plan's vars.
+    fn issue<P: Planned + Send + 'static>(
+        &self,
+        plan: impl FnOnce(&mut View, &Front) -> Result<P>,
+        run: impl FnOnce(&Exec<B>, &P) -> Result<()> + Send + 'static,
+        priority: i32,
+    ) -> Result<()> {
+        let mut front = self.front();
+        let mut view = front.view();
+        let planned = plan(&mut view, &front)?;
+        front.commit_view(view);
+        let (reads, writes) = (planned.reads(), planned.writes());
+        let exec = self.exec();
+        self.engine.push(
+            move || run(&exec, &planned).map_err(Failure),
+            &reads,
+            &writes,
+            priority,
+        );
+        Ok(())
+    }
+
     pub fn init(&self, pairs: Vec<(Key, Input)>) -> Result<()> {
         let mut front = self.front();
         let init = front.plan_init(&pairs)?;
@@ -71,88 +94,53 @@ impl<B: Backend> EngineStore<B> {
     }
 
     pub fn push(&self, pairs: Vec<(Key, Input)>, priority: i32) -> Result<()> {
-        let mut front = self.front();
-        let mut view = front.view();
-        let push = view.plan_push(&front, pairs)?;
-        front.commit_view(view);
-        let (reads, writes) = (push.reads(), push.writes());
-        let exec = self.exec();
-        self.engine.push(
-            move || exec.push(&push).map_err(Failure),
-            &reads,
-            &writes,
+        self.issue(
+            |view, front| view.plan_push(front, pairs),
+            |exec, push| exec.push(push),
             priority,
-        );
-        Ok(())
+        )
     }
-
     pub fn pull(
         &self,
         outs: Vec<(Key, NdArray)>,
         ignore_sparse: bool,
         priority: i32,
     ) -> Result<()> {
-        let mut front = self.front();
-        let mut view = front.view();
-        let pull = view.plan_pull(&front, outs, ignore_sparse)?;
-        front.commit_view(view);
-        let (reads, writes) = (pull.reads(), pull.writes());
-        let exec = self.exec();
-        self.engine.push(
-            move || exec.pull(&pull).map_err(Failure),
-            &reads,
-            &writes,
+        self.issue(
+            |view, front| view.plan_pull(front, outs, ignore_sparse),
+            |exec, pull| exec.pull(pull),
             priority,
-        );
-        Ok(())
+        )
     }
-
     pub fn row_sparse_pull(
         &self,
         outs: Vec<(Key, NdArray)>,
         row_ids: &[Vec<i64>],
         priority: i32,
     ) -> Result<()> {
-        let mut front = self.front();
-        let mut view = front.view();
-        let pull = view.plan_row_sparse_pull(&front, outs, row_ids)?;
-        front.commit_view(view);
-        let (reads, writes) = (pull.reads(), pull.writes());
-        let exec = self.exec();
-        self.engine.push(
-            move || exec.row_sparse_pull(&pull).map_err(Failure),
-            &reads,
-            &writes,
+        self.issue(
+            |view, front| view.plan_row_sparse_pull(front, outs, row_ids),
+            |exec, pull| exec.row_sparse_pull(pull),
             priority,
-        );
-        Ok(())
+        )
     }
-
     pub fn pushpull(&self, pairs: Vec<(Key, Input)>, outs: Vec<(Key, NdArray)>) -> Result<()> {
-        let mut front = self.front();
-        let mut view = front.view();
-        let push = view.plan_push(&front, pairs)?;
-        let pull = view.plan_pull(&front, outs, true)?;
-        front.commit_view(view);
-        let mut reads = push.reads();
-        reads.extend(pull.reads());
-        let mut writes = push.writes();
-        writes.extend(pull.writes());
-        let exec = self.exec();
         // One operation: when the push fails while it runs, the outputs stay as they were,
         // as the sequential pushpull that fails as a whole (R7, R34).
-        self.engine.push(
-            move || {
-                exec.push(&push).map_err(Failure)?;
-                exec.pull(&pull).map_err(Failure)
+        self.issue(
+            |view, front| {
+                Ok((
+                    view.plan_push(front, pairs)?,
+                    view.plan_pull(front, outs, true)?,
+                ))
             },
-            &reads,
-            &writes,
+            |exec, (push, pull)| {
+                exec.push(push)?;
+                exec.pull(pull)
+            },
             0,
-        );
-        Ok(())
+        )
     }
-
     pub fn broadcast(&self, pairs: Vec<(Key, Input)>, outs: Vec<(Key, NdArray)>) -> Result<()> {
         let mut front = self.front();
         let init = front.plan_init(&pairs)?;

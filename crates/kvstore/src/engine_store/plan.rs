@@ -112,34 +112,55 @@ fn array_vars<'a>(inputs: impl Iterator<Item = &'a Input>) -> Vec<EngineVar> {
         .collect()
 }
 
-impl PushPlan {
+/// A checked call: the vars its operation reads and writes.
+pub(crate) trait Planned {
+    fn reads(&self) -> Vec<EngineVar>;
+    fn writes(&self) -> Vec<EngineVar>;
+}
+
+/// pushpull: one operation over both plans' vars.
+impl<A: Planned, B: Planned> Planned for (A, B) {
+    fn reads(&self) -> Vec<EngineVar> {
+        let mut vars = self.0.reads();
+        vars.extend(self.1.reads());
+        vars
+    }
+
+    fn writes(&self) -> Vec<EngineVar> {
+        let mut vars = self.0.writes();
+        vars.extend(self.1.writes());
+        vars
+    }
+}
+
+impl Planned for PushPlan {
     /// Arrays the push reads.
-    pub fn reads(&self) -> Vec<EngineVar> {
+    fn reads(&self) -> Vec<EngineVar> {
         array_vars(self.groups.iter().flat_map(|g| g.inputs.as_slice().iter()))
     }
 
     /// Keys the push writes.
-    pub fn writes(&self) -> Vec<EngineVar> {
+    fn writes(&self) -> Vec<EngineVar> {
         self.groups.iter().map(|g| g.slot.var.clone()).collect()
     }
 }
 
-impl PullPlan {
-    pub fn reads(&self) -> Vec<EngineVar> {
+impl Planned for PullPlan {
+    fn reads(&self) -> Vec<EngineVar> {
         self.items.iter().map(|(s, _)| s.var.clone()).collect()
     }
 
-    pub fn writes(&self) -> Vec<EngineVar> {
+    fn writes(&self) -> Vec<EngineVar> {
         self.items.iter().map(|(_, a)| a.var().clone()).collect()
     }
 }
 
-impl RowSparsePlan {
-    pub fn reads(&self) -> Vec<EngineVar> {
+impl Planned for RowSparsePlan {
+    fn reads(&self) -> Vec<EngineVar> {
         self.items.iter().map(|(s, _, _)| s.var.clone()).collect()
     }
 
-    pub fn writes(&self) -> Vec<EngineVar> {
+    fn writes(&self) -> Vec<EngineVar> {
         self.items.iter().map(|(_, a, _)| a.var().clone()).collect()
     }
 }
