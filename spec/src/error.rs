@@ -159,6 +159,14 @@ pub enum Error {
         round: u64,
         missing: Vec<usize>,
     },
+    /// A process of a distributed store stopped answering within the failure detector's timeout
+    /// (R64): the operation fails instead of waiting forever.
+    #[error("{peer} did not answer in time: {reason}")]
+    PeerFailed { peer: String, reason: String },
+    /// A message of the distributed protocol that the receiver cannot accept (R65); the
+    /// receiver's state is unchanged.
+    #[error("protocol error: {reason}")]
+    Protocol { reason: String },
 }
 
 /// Shorthand for results of kvstore operations.

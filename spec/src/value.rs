@@ -220,6 +220,33 @@ impl PartialEq for Data {
     }
 }
 
+impl Eq for Data {}
+
+impl std::hash::Hash for Data {
+    /// Hashes what equality compares: the dtype, the length and each element's bits, with every
+    /// NaN hashed alike (R60), so model checkers can keep values in their state.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        fn all<T: Copy + PartialOrd, H: std::hash::Hasher>(
+            xs: &[T],
+            bits: impl Fn(T) -> u64,
+            state: &mut H,
+        ) {
+            state.write_usize(xs.len());
+            for &x in xs {
+                let nan = x.partial_cmp(&x).is_none();
+                state.write_u64(if nan { u64::MAX } else { bits(x) });
+            }
+        }
+        self.dtype().hash(state);
+        match self {
+            Data::F32(xs) => all(xs, |x| u64::from(x.to_bits()), state),
+            Data::F16(xs) => all(xs, |x| u64::from(x.to_bits()), state),
+            Data::BF16(xs) => all(xs, |x| u64::from(x.to_bits()), state),
+            Data::F64(xs) => all(xs, |x| x.to_bits(), state),
+        }
+    }
+}
+
 /// [`Data`]'s equality for raw f32 buffers (residuals, kernel outputs): bitwise, any NaN
 /// equal to any NaN (R60).
 pub fn f32_slices_equal(a: &[f32], b: &[f32]) -> bool {
@@ -347,7 +374,7 @@ pub fn numel(shape: &[usize]) -> Result<usize> {
 /// A dense tensor: a shape, row-major data and a device.
 ///
 /// Deserialisation validates like [`Tensor::new`], so no invalid tensor can be built.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawTensor")]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -475,7 +502,7 @@ impl Tensor {
 /// A row_sparse tensor: listed rows (ids strictly increasing, each below `shape[0]`) and their data.
 ///
 /// Deserialisation validates like [`RowSparse::new`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawRowSparse")]
 pub struct RowSparse {
     shape: Vec<usize>,
@@ -628,7 +655,7 @@ impl RowSparse {
 }
 
 /// A value a key can hold or a call can carry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Value {
     /// A dense tensor.
     Dense(Tensor),

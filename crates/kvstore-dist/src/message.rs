@@ -1,0 +1,113 @@
+//! The messages workers and servers exchange. Every request carries an id chosen by its worker;
+//! every reply names the request it answers. Links are FIFO (as TCP and MPI give).
+
+use kvstore_spec::codec::Compression;
+use kvstore_spec::optimizer::Optimizer;
+use kvstore_spec::{Error, Key, Value};
+
+/// A request's id, unique per worker.
+pub type RequestId = u64;
+
+/// What a push carries for one part.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// The part's values as they are (dense flat, or the whole row_sparse value).
+    Plain(Value),
+    /// The part quantised by its worker (R55): `len` f32 elements packed in `words`.
+    Quantized {
+        /// The codec, so the server decodes what was encoded.
+        compression: Compression,
+        /// The packed elements.
+        words: Vec<u32>,
+        /// How many elements `words` holds.
+        len: usize,
+    },
+}
+
+/// A worker's request to a server, about the part of `key` that server holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Rank 0 stores a key's initial value (R49).
+    Init {
+        /// The request id.
+        id: RequestId,
+        /// The key.
+        key: Key,
+        /// The part's value: flat dense, or a whole row_sparse value.
+        value: Value,
+    },
+    /// A worker's contribution to a key (R51, R54).
+    Push {
+        /// The request id.
+        id: RequestId,
+        /// The key.
+        key: Key,
+        /// The part's data.
+        payload: Payload,
+    },
+    /// A worker reads a key (R52).
+    Pull {
+        /// The request id.
+        id: RequestId,
+        /// The key.
+        key: Key,
+    },
+    /// A worker enters the global barrier; only server 0 coordinates barriers.
+    Barrier {
+        /// The request id.
+        id: RequestId,
+    },
+    /// Installs a fresh optimizer as the server's updater (R57).
+    SetOptimizer {
+        /// The request id.
+        id: RequestId,
+        /// The optimizer.
+        optimizer: Optimizer,
+    },
+}
+
+impl Request {
+    /// The request's id.
+    pub fn id(&self) -> RequestId {
+        match self {
+            Request::Init { id, .. }
+            | Request::Push { id, .. }
+            | Request::Pull { id, .. }
+            | Request::Barrier { id }
+            | Request::SetOptimizer { id, .. } => *id,
+        }
+    }
+}
+
+/// A server's answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The request took effect (an init stored, a push applied, a barrier passed).
+    Done {
+        /// The request answered.
+        id: RequestId,
+    },
+    /// A pull's part.
+    Value {
+        /// The request answered.
+        id: RequestId,
+        /// The part's value.
+        value: Value,
+    },
+    /// The request failed and changed nothing on the server.
+    Failed {
+        /// The request answered.
+        id: RequestId,
+        /// Why.
+        error: Error,
+    },
+}
+
+impl Reply {
+    /// The id of the request this answers.
+    pub fn id(&self) -> RequestId {
+        match self {
+            Reply::Done { id } | Reply::Value { id, .. } | Reply::Failed { id, .. } => *id,
+        }
+    }
+}

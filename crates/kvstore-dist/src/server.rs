@@ -1,0 +1,517 @@
+//! A server of the parameter-server protocol: it holds one part of each key it serves, runs
+//! dist_sync rounds or dist_async updates on it, and coordinates barriers (server 0).
+//!
+//! [`Server::handle`] takes one request and returns the replies it causes; nothing else leaves
+//! the state machine. A request that fails changes nothing (R7, R65).
+
+use crate::faults::{Fault, Faults};
+use crate::message::{Payload, Reply, Request, RequestId};
+use kvstore_spec::optimizer::{Optimizer, OptimizerUpdater};
+use kvstore_spec::updater::UpdaterSlot;
+use kvstore_spec::value::{Data, Tensor};
+use kvstore_spec::{reduce, Device, Error, Key, Result, Value};
+use std::collections::{BTreeMap, VecDeque};
+
+/// A reply and the worker it goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The worker's rank.
+    pub to: usize,
+    /// The reply.
+    pub reply: Reply,
+}
+
+/// How a server is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServerConfig {
+    /// This server's index.
+    pub index: usize,
+    /// The number of workers W.
+    pub workers: usize,
+    /// dist_sync (rounds) or dist_async (apply on arrival).
+    pub sync: bool,
+    /// Planted bugs (model checking only).
+    pub faults: Faults,
+}
+
+/// A contribution waiting for its round.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Queued {
+    id: RequestId,
+    value: Value,
+    /// Arrival order on this server, for the [`Fault::CountsRequests`] bug only.
+    arrival: u64,
+}
+
+/// The server's part of one key.
+#[derive(Debug, Clone, PartialEq)]
+struct Slot {
+    value: Value,
+    /// Per worker, its contributions waiting for a round, oldest first (R51).
+    queues: Vec<VecDeque<Queued>>,
+    /// Completed rounds (sync) or applied pushes (async).
+    rounds: u64,
+    /// Pulls waiting for their worker's open round (R52): (worker, request).
+    parked: Vec<(usize, RequestId)>,
+    /// The optimizer's states for this part, when an optimizer is set.
+    optimizer: Option<OptimizerUpdater>,
+}
+
+/// A server state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    config: ServerConfig,
+    keys: BTreeMap<Key, Slot>,
+    optimizer: Option<Optimizer>,
+    /// Barrier arrivals of the current generation (server 0 only).
+    barrier: BTreeMap<usize, RequestId>,
+    /// Arrivals counted since the last release; equals `barrier.len()` unless a fault is planted.
+    barrier_count: usize,
+    arrivals: u64,
+    /// Set once the failure detector fired: every later request fails with this error.
+    failed: Option<Error>,
+}
+
+impl std::hash::Hash for Server {
+    /// Hashes the protocol state (keys, rounds, queues, barrier); equal servers hash alike.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.config.hash(state);
+        for (key, slot) in &self.keys {
+            key.hash(state);
+            slot.value.hash(state);
+            slot.queues.hash(state);
+            slot.rounds.hash(state);
+            slot.parked.hash(state);
+        }
+        self.barrier.hash(state);
+        self.barrier_count.hash(state);
+        self.failed.is_some().hash(state);
+    }
+}
+
+impl Server {
+    /// A server with no key.
+    pub fn new(config: ServerConfig) -> Server {
+        Server {
+            config,
+            keys: BTreeMap::new(),
+            optimizer: None,
+            barrier: BTreeMap::new(),
+            barrier_count: 0,
+            arrivals: 0,
+            failed: None,
+        }
+    }
+
+    /// The server's setup.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The part of `key` this server holds.
+    pub fn value(&self, key: &Key) -> Option<&Value> {
+        self.keys.get(key).map(|s| &s.value)
+    }
+
+    /// Completed rounds (sync) or applied pushes (async) of `key`'s part.
+    pub fn rounds(&self, key: &Key) -> u64 {
+        self.keys.get(key).map_or(0, |s| s.rounds)
+    }
+
+    /// Whether some request waits here for other workers: the failure detector's timer runs
+    /// only then (R64).
+    pub fn is_waiting(&self) -> bool {
+        !self.barrier.is_empty()
+            || self
+                .keys
+                .values()
+                .any(|s| !s.parked.is_empty() || s.queues.iter().any(|q| !q.is_empty()))
+    }
+
+    /// Handles one request from worker `from`.
+    pub fn handle(&mut self, from: usize, request: Request) -> Vec<Outgoing> {
+        let id = request.id();
+        let fail = |error: Error| {
+            vec![Outgoing {
+                to: from,
+                reply: Reply::Failed { id, error },
+            }]
+        };
+        if let Some(error) = &self.failed {
+            return fail(error.clone());
+        }
+        if from >= self.config.workers {
+            return fail(Error::UnknownWorker {
+                rank: from,
+                workers: self.config.workers,
+            });
+        }
+        let done = vec![Outgoing {
+            to: from,
+            reply: Reply::Done { id },
+        }];
+        let result = match request {
+            Request::Init { key, value, .. } => self.init(key, value).map(|()| done),
+            Request::Push { key, payload, .. } => self.push(from, id, key, payload),
+            Request::Pull { key, .. } => self.pull(from, id, &key),
+            Request::Barrier { .. } => self.barrier(from, id),
+            Request::SetOptimizer { optimizer, .. } => self.set_optimizer(optimizer).map(|()| done),
+        };
+        result.unwrap_or_else(fail)
+    }
+
+    /// The failure detector fired (R64): every waiting request fails, naming the workers it
+    /// waits for, and the server refuses everything from now on.
+    pub fn expire(&mut self) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let workers = self.config.workers;
+        for (key, slot) in &mut self.keys {
+            let missing: Vec<usize> = (0..workers)
+                .filter(|&w| slot.queues.get(w).is_some_and(VecDeque::is_empty))
+                .collect();
+            let error = Error::PeerFailed {
+                peer: format!("workers {missing:?}"),
+                reason: format!("key {key}: round {} never completed", slot.rounds + 1),
+            };
+            for (w, queue) in slot.queues.iter_mut().enumerate() {
+                for queued in queue.drain(..) {
+                    out.push(failed(w, queued.id, error.clone()));
+                }
+            }
+            for (w, id) in slot.parked.drain(..) {
+                out.push(failed(w, id, error.clone()));
+            }
+        }
+        let missing: Vec<usize> = (0..workers)
+            .filter(|w| !self.barrier.contains_key(w))
+            .collect();
+        let error = Error::PeerFailed {
+            peer: format!("workers {missing:?}"),
+            reason: "the barrier was never reached by every worker".into(),
+        };
+        for (w, id) in std::mem::take(&mut self.barrier) {
+            out.push(failed(w, id, error.clone()));
+        }
+        self.barrier_count = 0;
+        self.failed = Some(Error::PeerFailed {
+            peer: format!("server {}", self.config.index),
+            reason: "the store failed after a peer stopped answering".into(),
+        });
+        out
+    }
+
+    fn init(&mut self, key: Key, value: Value) -> Result<()> {
+        if self.keys.contains_key(&key) && !self.config.faults.has(Fault::InitAcceptedTwice) {
+            return Err(Error::DuplicateInit { key });
+        }
+        let optimizer = self
+            .optimizer
+            .clone()
+            .map(OptimizerUpdater::new)
+            .transpose()?;
+        let slot = Slot {
+            value: value.on(Device::Cpu(0)),
+            queues: vec![VecDeque::new(); self.config.workers],
+            rounds: 0,
+            parked: Vec::new(),
+            optimizer,
+        };
+        self.keys.insert(key, slot);
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        from: usize,
+        id: RequestId,
+        key: Key,
+        payload: Payload,
+    ) -> Result<Vec<Outgoing>> {
+        let slot = self
+            .keys
+            .get(&key)
+            .ok_or_else(|| Error::NotInitialized { key: key.clone() })?;
+        let value = decode(&key, payload)?;
+        check_fits(&key, &slot.value, &value)?;
+        if !self.config.sync {
+            return self.apply_on_arrival(from, id, &key, value);
+        }
+        self.arrivals += 1;
+        let arrival = self.arrivals;
+        let workers = self.config.workers;
+        let slot = self.slot_mut(&key)?;
+        let queue = slot.queues.get_mut(from).ok_or(Error::UnknownWorker {
+            rank: from,
+            workers,
+        })?;
+        queue.push_back(Queued { id, value, arrival });
+        let mut out = Vec::new();
+        loop {
+            match self.close_round(&key) {
+                Ok(Some(acks)) => out.extend(acks),
+                Ok(None) => break,
+                Err(error) => {
+                    // The contribution that would have closed the round is refused; the
+                    // others stay queued, as if it had never arrived (R7, R22).
+                    let slot = self.slot_mut(&key)?;
+                    if let Some(queue) = slot.queues.get_mut(from) {
+                        queue.pop_back();
+                    }
+                    out.push(failed(from, id, error));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// R51: when every worker has a contribution queued, sums the oldest of each in rank order,
+    /// applies the sum, acknowledges those pushes and answers the pulls parked behind them.
+    fn close_round(&mut self, key: &Key) -> Result<Option<Vec<Outgoing>>> {
+        let workers = self.config.workers;
+        let faults = self.config.faults;
+        let slot = self.slot_mut(key)?;
+        let taken = take_round(&slot.queues, workers, faults);
+        let Some(taken) = taken else {
+            return Ok(None);
+        };
+        let contributions: Vec<Value> = taken
+            .iter()
+            .filter_map(|&(w, i)| slot.queues.get(w).and_then(|q| q.get(i)))
+            .map(|q| q.value.clone())
+            .collect();
+        let sum = reduce::sum(&contributions, slot.value.dtype())?
+            .ok_or_else(|| Error::EmptyValueList { key: key.clone() })?;
+        let (next, optimizer) = apply(key, &slot.value, slot.optimizer.as_ref(), sum)?;
+        // Commit: nothing below can fail.
+        let mut out = Vec::new();
+        let mut removed: Vec<(usize, usize)> = taken;
+        removed.sort_by_key(|&(_, i)| std::cmp::Reverse(i));
+        for (w, i) in removed {
+            if let Some(q) = slot.queues.get_mut(w).and_then(|q| q.remove(i)) {
+                out.push(Outgoing {
+                    to: w,
+                    reply: Reply::Done { id: q.id },
+                });
+            }
+        }
+        out.sort_by_key(|o| o.to);
+        slot.value = next;
+        slot.optimizer = optimizer;
+        slot.rounds += 1;
+        if !faults.has(Fault::ParkedPullsForgotten) {
+            let (ready, still): (Vec<_>, Vec<_>) = slot
+                .parked
+                .iter()
+                .copied()
+                .partition(|&(w, _)| slot.queues.get(w).is_none_or(VecDeque::is_empty));
+            slot.parked = still;
+            for (w, id) in ready {
+                out.push(Outgoing {
+                    to: w,
+                    reply: Reply::Value {
+                        id,
+                        value: slot.value.clone(),
+                    },
+                });
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// R54: dist_async applies each push at once, and only through an optimizer.
+    fn apply_on_arrival(
+        &mut self,
+        from: usize,
+        id: RequestId,
+        key: &Key,
+        value: Value,
+    ) -> Result<Vec<Outgoing>> {
+        let slot = self.slot_mut(key)?;
+        if slot.optimizer.is_none() {
+            return Err(Error::UpdaterRequired {
+                key: key.clone(),
+                kind: "dist_async".into(),
+            });
+        }
+        let (next, optimizer) = apply(key, &slot.value, slot.optimizer.as_ref(), value)?;
+        slot.value = next;
+        slot.optimizer = optimizer;
+        slot.rounds += 1;
+        Ok(vec![Outgoing {
+            to: from,
+            reply: Reply::Done { id },
+        }])
+    }
+
+    /// R52: the value of the last completed round, once the puller's own pushes are in one.
+    fn pull(&mut self, from: usize, id: RequestId, key: &Key) -> Result<Vec<Outgoing>> {
+        let stale_ok = self.config.faults.has(Fault::StalePull);
+        let slot = self.slot_mut(key)?;
+        let own_round_open = slot.queues.get(from).is_some_and(|q| !q.is_empty());
+        if own_round_open && !stale_ok {
+            slot.parked.push((from, id));
+            return Ok(Vec::new());
+        }
+        Ok(vec![Outgoing {
+            to: from,
+            reply: Reply::Value {
+                id,
+                value: slot.value.clone(),
+            },
+        }])
+    }
+
+    /// Server 0 releases a barrier once every worker arrived.
+    fn barrier(&mut self, from: usize, id: RequestId) -> Result<Vec<Outgoing>> {
+        if self.config.index != 0 {
+            return Err(Error::Protocol {
+                reason: format!(
+                    "barrier sent to server {}, only server 0 coordinates",
+                    self.config.index
+                ),
+            });
+        }
+        if self.barrier.contains_key(&from) {
+            return Err(Error::Protocol {
+                reason: format!("worker {from} entered the barrier twice"),
+            });
+        }
+        self.barrier.insert(from, id);
+        self.barrier_count += 1;
+        if self.barrier_count < self.config.workers {
+            return Ok(Vec::new());
+        }
+        if !self.config.faults.has(Fault::BarrierNotReset) {
+            self.barrier_count = 0;
+        }
+        Ok(std::mem::take(&mut self.barrier)
+            .into_iter()
+            .map(|(to, id)| Outgoing {
+                to,
+                reply: Reply::Done { id },
+            })
+            .collect())
+    }
+
+    /// R57: a fresh optimizer for every key, with fresh states.
+    fn set_optimizer(&mut self, optimizer: Optimizer) -> Result<()> {
+        let fresh = OptimizerUpdater::new(optimizer.clone())?;
+        for slot in self.keys.values_mut() {
+            slot.optimizer = Some(fresh.clone());
+        }
+        self.optimizer = Some(optimizer);
+        Ok(())
+    }
+
+    fn slot_mut(&mut self, key: &Key) -> Result<&mut Slot> {
+        self.keys
+            .get_mut(key)
+            .ok_or_else(|| Error::NotInitialized { key: key.clone() })
+    }
+}
+
+/// The (worker, queue index) contributions of the next round, or `None` while it is not full.
+fn take_round(
+    queues: &[VecDeque<Queued>],
+    workers: usize,
+    faults: Faults,
+) -> Option<Vec<(usize, usize)>> {
+    if faults.has(Fault::CountsRequests) {
+        // Counts requests: the `workers` oldest arrivals, whoever sent them.
+        let mut all: Vec<(u64, usize, usize)> = queues
+            .iter()
+            .enumerate()
+            .flat_map(|(w, q)| q.iter().enumerate().map(move |(i, x)| (x.arrival, w, i)))
+            .collect();
+        if all.len() < workers {
+            return None;
+        }
+        all.sort_unstable();
+        let mut taken: Vec<(usize, usize)> = all
+            .into_iter()
+            .take(workers)
+            .map(|(_, w, i)| (w, i))
+            .collect();
+        taken.sort_unstable();
+        return Some(taken);
+    }
+    let needed = if faults.has(Fault::RoundClosesEarly) {
+        workers.saturating_sub(1).max(1)
+    } else {
+        workers
+    };
+    let ready: Vec<(usize, usize)> = queues
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| !q.is_empty())
+        .map(|(w, _)| (w, 0))
+        .collect();
+    (ready.len() >= needed).then_some(ready)
+}
+
+/// The stored value after `update`: replaced (keeping the update's storage type, R19) or run
+/// through the optimizer, whose new states come back with it.
+fn apply(
+    key: &Key,
+    stored: &Value,
+    optimizer: Option<&OptimizerUpdater>,
+    update: Value,
+) -> Result<(Value, Option<OptimizerUpdater>)> {
+    match optimizer {
+        None => Ok((update.on(stored.device()), None)),
+        Some(o) => {
+            let mut slot = UpdaterSlot::Optimizer(o.clone());
+            let next = slot.apply(key, &update, stored)?;
+            let UpdaterSlot::Optimizer(o) = slot else {
+                return Err(Error::Protocol {
+                    reason: "optimizer slot changed kind".into(),
+                });
+            };
+            Ok((next, Some(o)))
+        }
+    }
+}
+
+/// The pushed part as a value: quantised payloads are decoded here (R55).
+fn decode(key: &Key, payload: Payload) -> Result<Value> {
+    match payload {
+        Payload::Plain(value) => Ok(value.on(Device::Cpu(0))),
+        Payload::Quantized {
+            compression,
+            words,
+            len,
+        } => {
+            if words.len() != compression.compressed_words(len) {
+                return Err(Error::Protocol {
+                    reason: format!(
+                        "key {key}: {} words cannot hold {len} quantised elements",
+                        words.len()
+                    ),
+                });
+            }
+            let data = compression.dequantize(&words, len)?;
+            Ok(Value::Dense(Tensor::new([len], Data::F32(data))?))
+        }
+    }
+}
+
+/// A pushed part must have the stored part's element count and dtype (R65).
+fn check_fits(key: &Key, stored: &Value, pushed: &Value) -> Result<()> {
+    let numel = |v: &Value| v.shape().iter().product::<usize>();
+    if numel(stored) != numel(pushed) || stored.dtype() != pushed.dtype() {
+        return Err(Error::ShapeMismatch {
+            key: key.clone(),
+            expected: stored.shape().to_vec(),
+            found: pushed.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+fn failed(to: usize, id: RequestId, error: Error) -> Outgoing {
+    Outgoing {
+        to,
+        reply: Reply::Failed { id, error },
+    }
+}

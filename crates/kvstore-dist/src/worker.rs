@@ -1,0 +1,469 @@
+//! A worker of the parameter-server protocol: it turns a caller's init, push, pull, barrier and
+//! set_optimizer into requests to the servers that hold each key's parts, and the servers'
+//! replies into completions.
+//!
+//! Calls check their arguments and return a typed error before anything is sent (R59); a call
+//! that fails changes nothing. Sending and waiting are the transport's business: every method
+//! returns the requests to send ([`Effects::sends`]) and the operations that completed.
+
+use crate::faults::{Fault, Faults};
+use crate::layout::{Layout, Part};
+use crate::message::{Payload, Reply, Request, RequestId};
+use crate::parts;
+use kvstore_spec::codec::Compression;
+use kvstore_spec::optimizer::Optimizer;
+use kvstore_spec::value::StorageType;
+use kvstore_spec::{reduce, transfer, DType, Error, Key, Result, Value};
+use std::collections::BTreeMap;
+
+/// An operation's id, unique per worker.
+pub type OpId = u64;
+
+/// How a worker is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkerConfig {
+    /// This worker's rank, in `0..workers`.
+    pub rank: usize,
+    /// The number of workers W.
+    pub workers: usize,
+    /// Where keys live.
+    pub layout: Layout,
+    /// Planted bugs (model checking only).
+    pub faults: Faults,
+}
+
+/// A request and the server it goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Send {
+    /// The server's index.
+    pub server: usize,
+    /// The request.
+    pub request: Request,
+}
+
+/// What a completed operation gives back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// init, push, barrier, set_optimizer.
+    Done,
+    /// A pull: one value per key, in the order asked, in each key's shape.
+    Values(Vec<Value>),
+}
+
+/// An operation that completed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// Which.
+    pub op: OpId,
+    /// How it ended.
+    pub result: Result<Outcome>,
+}
+
+/// What a call or a reply makes the worker do.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    /// Requests to send, in order (links are FIFO).
+    pub sends: Vec<Send>,
+    /// Operations that completed.
+    pub completions: Vec<Completion>,
+}
+
+/// What the worker knows of an initialised key.
+#[derive(Debug, Clone, PartialEq, Hash)]
+struct KeyMeta {
+    shape: Vec<usize>,
+    dtype: DType,
+    stype: StorageType,
+    parts: Vec<Part>,
+}
+
+/// An operation waiting for replies.
+#[derive(Debug, Clone, PartialEq)]
+struct Progress {
+    /// Replies still expected in this phase.
+    remaining: usize,
+    /// The first failure; the operation fails with it once every reply is in.
+    error: Option<Error>,
+    /// For a pull: per key asked, its shape and its parts' values as they arrive.
+    pulled: Vec<(Key, Vec<usize>, Vec<Option<Value>>)>,
+    /// Requests of the next phase, sent once this one succeeded (init: the barrier).
+    then: Vec<Send>,
+}
+
+/// A worker state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worker {
+    config: WorkerConfig,
+    keys: BTreeMap<Key, KeyMeta>,
+    compression: Option<Compression>,
+    /// Error feedback per (key, part index), carried between pushes (R55).
+    residuals: BTreeMap<(Key, usize), Vec<f32>>,
+    next_request: RequestId,
+    next_op: OpId,
+    /// In-flight requests: (op, index of the pulled key, index of the part).
+    inflight: BTreeMap<RequestId, (OpId, usize, usize)>,
+    ops: BTreeMap<OpId, Progress>,
+}
+
+impl std::hash::Hash for Worker {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.config.hash(state);
+        self.keys.hash(state);
+        for (slot, residual) in &self.residuals {
+            slot.hash(state);
+            residual.iter().for_each(|x| x.to_bits().hash(state));
+        }
+        self.next_request.hash(state);
+        self.next_op.hash(state);
+        self.inflight.hash(state);
+        self.ops.hash(state);
+    }
+}
+
+impl std::hash::Hash for Progress {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.remaining.hash(state);
+        self.error.is_some().hash(state);
+        self.pulled.hash(state);
+        self.then.len().hash(state);
+    }
+}
+
+impl Worker {
+    /// A worker that knows no key.
+    pub fn new(config: WorkerConfig) -> Worker {
+        Worker {
+            config,
+            keys: BTreeMap::new(),
+            compression: None,
+            residuals: BTreeMap::new(),
+            next_request: 0,
+            next_op: 0,
+            inflight: BTreeMap::new(),
+            ops: BTreeMap::new(),
+        }
+    }
+
+    /// The worker's setup.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Whether some operation waits for replies: the failure detector's timer runs only then.
+    pub fn is_waiting(&self) -> bool {
+        !self.ops.is_empty()
+    }
+
+    /// Collective init (R49): every worker calls it with the same keys. Rank 0 stores its values
+    /// and waits for every server to acknowledge; then all workers meet in a barrier, so no
+    /// worker reads a key before it is stored.
+    pub fn init(&mut self, pairs: &[(Key, Value)]) -> Result<(OpId, Effects)> {
+        let mut metas = BTreeMap::new();
+        for (key, value) in pairs {
+            if self.keys.contains_key(key) || metas.contains_key(key) {
+                return Err(Error::DuplicateInit { key: key.clone() });
+            }
+            let numel = value.shape().iter().product::<usize>();
+            let dense = value.stype() == StorageType::Dense;
+            let meta = KeyMeta {
+                shape: value.shape().to_vec(),
+                dtype: value.dtype(),
+                stype: value.stype(),
+                parts: self.config.layout.parts(key, numel, dense),
+            };
+            metas.insert(key.clone(), meta);
+        }
+        let mut stores = Vec::new();
+        if self.config.rank == 0 {
+            for (key, value) in pairs {
+                let parts = metas.get(key).map(|m| m.parts.clone()).unwrap_or_default();
+                for part in parts {
+                    let value = parts::slice(key, value, part.range.clone())?;
+                    stores.push((part.server, key.clone(), value));
+                }
+            }
+        }
+        self.keys.extend(metas);
+        let op = self.next_op();
+        let barrier = self.request(op, 0, 0, 0, |id| Request::Barrier { id });
+        let mut sends = Vec::new();
+        for (server, key, value) in stores {
+            sends.push(self.request(op, 0, 0, server, |id| Request::Init { id, key, value }));
+        }
+        Ok(self.start(op, sends, vec![barrier], Vec::new()))
+    }
+
+    /// Pushes (R51, R54, R55): per key (key order), the worker's own values are summed in the
+    /// key's dtype, quantised when compression is on, and sent part by part.
+    pub fn push(&mut self, pairs: &[(Key, Value)]) -> Result<(OpId, Effects)> {
+        let mut groups: BTreeMap<&Key, Vec<Value>> = BTreeMap::new();
+        for (key, value) in pairs {
+            groups.entry(key).or_default().push(value.clone());
+        }
+        // Every argument is checked before any residual moves (R59).
+        for (key, values) in &groups {
+            let meta = self.meta(key)?;
+            for value in values {
+                transfer::check_shape(key, &meta.shape, value)?;
+                if self.compression.is_some() {
+                    transfer::check_compressible(key, meta.dtype, value)?;
+                }
+            }
+        }
+        let mut residuals = self.residuals.clone();
+        let mut payloads = Vec::new();
+        for (key, values) in &groups {
+            let meta = self.meta(key)?;
+            let merged = reduce::sum(values, meta.dtype)?.ok_or_else(|| Error::EmptyValueList {
+                key: (*key).clone(),
+            })?;
+            for (index, part) in meta.parts.iter().enumerate() {
+                let plain = parts::slice(key, &merged, part.range.clone())?;
+                let payload = match self.compression {
+                    None => Payload::Plain(plain),
+                    Some(compression) => {
+                        let grad = plain.to_f32();
+                        let slot = ((*key).clone(), index);
+                        let residual = residuals
+                            .entry(slot)
+                            .or_insert_with(|| vec![0.0; grad.len()]);
+                        let words = compression.quantize(&grad, residual)?;
+                        if self.config.faults.has(Fault::ResidualDropped) {
+                            residual.iter_mut().for_each(|r| *r = 0.0);
+                        }
+                        Payload::Quantized {
+                            compression,
+                            words,
+                            len: grad.len(),
+                        }
+                    }
+                };
+                payloads.push((part.server, (*key).clone(), payload));
+            }
+        }
+        self.residuals = residuals;
+        let op = self.next_op();
+        let sends = payloads
+            .into_iter()
+            .map(|(server, key, payload)| {
+                self.request(op, 0, 0, server, |id| Request::Push { id, key, payload })
+            })
+            .collect();
+        Ok(self.start(op, sends, Vec::new(), Vec::new()))
+    }
+
+    /// Pulls (R52): each key's value, assembled from its parts, in the key's shape.
+    pub fn pull(&mut self, keys: &[Key]) -> Result<(OpId, Effects)> {
+        let mut plan = Vec::new();
+        for key in keys {
+            let meta = self.meta(key)?;
+            plan.push((key.clone(), meta.shape.clone(), meta.parts.clone()));
+        }
+        let op = self.next_op();
+        let mut sends = Vec::new();
+        let mut pulled = Vec::new();
+        for (index, (key, shape, key_parts)) in plan.into_iter().enumerate() {
+            for (part_index, part) in key_parts.iter().enumerate() {
+                let key = key.clone();
+                sends.push(
+                    self.request(op, index, part_index, part.server, |id| Request::Pull {
+                        id,
+                        key,
+                    }),
+                );
+            }
+            pulled.push((key, shape, vec![None; key_parts.len()]));
+        }
+        Ok(self.start(op, sends, Vec::new(), pulled))
+    }
+
+    /// The global barrier across workers (server 0 coordinates it).
+    pub fn barrier(&mut self) -> (OpId, Effects) {
+        let op = self.next_op();
+        let send = self.request(op, 0, 0, 0, |id| Request::Barrier { id });
+        self.start(op, vec![send], Vec::new(), Vec::new())
+    }
+
+    /// Installs a fresh optimizer on every server (R57).
+    pub fn set_optimizer(&mut self, optimizer: &Optimizer) -> Result<(OpId, Effects)> {
+        optimizer.validate()?;
+        let op = self.next_op();
+        let sends = (0..self.config.layout.servers())
+            .map(|server| {
+                let optimizer = optimizer.clone();
+                self.request(op, 0, 0, server, |id| Request::SetOptimizer {
+                    id,
+                    optimizer,
+                })
+            })
+            .collect();
+        Ok(self.start(op, sends, Vec::new(), Vec::new()))
+    }
+
+    /// Turns compression on for later pushes; new parameters reset the residuals (decision 9).
+    pub fn set_gradient_compression(&mut self, compression: Compression) {
+        if self.compression != Some(compression) {
+            self.residuals.clear();
+        }
+        self.compression = Some(compression);
+    }
+
+    /// A server's reply. A reply to no request in flight is a protocol error and changes
+    /// nothing (R65).
+    pub fn handle(&mut self, server: usize, reply: Reply) -> Result<Effects> {
+        let id = reply.id();
+        let Some(&(op, key_index, part_index)) = self.inflight.get(&id) else {
+            return Err(Error::Protocol {
+                reason: format!("server {server} answered request {id}, which is not in flight"),
+            });
+        };
+        let Some(progress) = self.ops.get_mut(&op) else {
+            return Err(Error::Protocol {
+                reason: format!("request {id} belongs to no operation"),
+            });
+        };
+        match reply {
+            Reply::Done { .. } => {}
+            Reply::Value { value, .. } => {
+                let slot = progress
+                    .pulled
+                    .get_mut(key_index)
+                    .and_then(|(_, _, parts)| parts.get_mut(part_index));
+                match slot {
+                    Some(slot) => *slot = Some(value),
+                    None => return Err(Error::Protocol {
+                        reason: format!(
+                            "server {server} sent a value for request {id}, which pulls nothing"
+                        ),
+                    }),
+                }
+            }
+            Reply::Failed { error, .. } => {
+                progress.error.get_or_insert(error);
+            }
+        }
+        self.inflight.remove(&id);
+        progress.remaining = progress.remaining.saturating_sub(1);
+        if progress.remaining > 0 {
+            return Ok(Effects::default());
+        }
+        Ok(self.finish_phase(op))
+    }
+
+    /// The failure detector fired (R64): every operation in flight fails.
+    pub fn expire(&mut self) -> Effects {
+        let completions = std::mem::take(&mut self.ops)
+            .into_keys()
+            .map(|op| Completion {
+                op,
+                result: Err(Error::PeerFailed {
+                    peer: "servers".into(),
+                    reason: format!("worker {} waited too long for replies", self.config.rank),
+                }),
+            })
+            .collect();
+        self.inflight.clear();
+        Effects {
+            sends: Vec::new(),
+            completions,
+        }
+    }
+
+    fn meta(&self, key: &Key) -> Result<&KeyMeta> {
+        self.keys
+            .get(key)
+            .ok_or_else(|| Error::NotInitialized { key: key.clone() })
+    }
+
+    fn next_op(&mut self) -> OpId {
+        let op = self.next_op;
+        self.next_op += 1;
+        op
+    }
+
+    /// A request with a fresh id, recorded as in flight for `op`.
+    fn request(
+        &mut self,
+        op: OpId,
+        key_index: usize,
+        part_index: usize,
+        server: usize,
+        make: impl FnOnce(RequestId) -> Request,
+    ) -> Send {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.inflight.insert(id, (op, key_index, part_index));
+        Send {
+            server,
+            request: make(id),
+        }
+    }
+
+    /// Registers `op` with its first phase's requests; an op with nothing to wait for moves on
+    /// at once.
+    fn start(
+        &mut self,
+        op: OpId,
+        sends: Vec<Send>,
+        then: Vec<Send>,
+        pulled: Vec<(Key, Vec<usize>, Vec<Option<Value>>)>,
+    ) -> (OpId, Effects) {
+        let progress = Progress {
+            remaining: sends.len(),
+            error: None,
+            pulled,
+            then,
+        };
+        self.ops.insert(op, progress);
+        if sends.is_empty() {
+            return (op, self.finish_phase(op));
+        }
+        (
+            op,
+            Effects {
+                sends,
+                completions: Vec::new(),
+            },
+        )
+    }
+
+    /// Every reply of `op`'s phase is in: send the next phase, or complete the op.
+    fn finish_phase(&mut self, op: OpId) -> Effects {
+        let Some(mut progress) = self.ops.remove(&op) else {
+            return Effects::default();
+        };
+        if progress.error.is_none() && !progress.then.is_empty() {
+            let sends = std::mem::take(&mut progress.then);
+            progress.remaining = sends.len();
+            self.ops.insert(op, progress);
+            return Effects {
+                sends,
+                completions: Vec::new(),
+            };
+        }
+        // The next phase's requests were never sent.
+        for send in &progress.then {
+            self.inflight.remove(&send.request.id());
+        }
+        let result = match progress.error {
+            Some(error) => Err(error),
+            None if progress.pulled.is_empty() => Ok(Outcome::Done),
+            None => progress
+                .pulled
+                .into_iter()
+                .map(|(key, shape, parts)| {
+                    let parts: Option<Vec<Value>> = parts.into_iter().collect();
+                    let parts = parts.ok_or_else(|| Error::Protocol {
+                        reason: format!("key {key}: a part never arrived"),
+                    })?;
+                    parts::assemble(&key, &shape, parts)
+                })
+                .collect::<Result<Vec<Value>>>()
+                .map(Outcome::Values),
+        };
+        Effects {
+            sends: Vec::new(),
+            completions: vec![Completion { op, result }],
+        }
+    }
+}
