@@ -5,6 +5,7 @@
 //! [`CliError`].
 
 use crate::bench::{self, BenchArgs, BenchError};
+use crate::check::{self, CheckArgs, CheckError};
 use crate::demo::{self, CompressionChoice, DemoConfig, DemoError};
 use crate::replay::{self, ReplayArgs, ReplayError};
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +31,9 @@ pub enum Command {
     /// Times five store workloads against the memory-bandwidth floor and MXNet 1.9.1
     /// (docs/performance.md).
     Bench(BenchArgs),
+    /// Model-checks the engine's ordering and the distributed protocol with stateright, or
+    /// serves a model in stateright's explorer (docs/verification.md).
+    Check(CheckArgs),
 }
 
 impl Command {
@@ -44,6 +48,10 @@ impl Command {
             Command::Replay(args) => Ok(replay::run_replay(&args, out)?),
             Command::Bench(args) => {
                 bench::run_bench(&args, out)?;
+                Ok(())
+            }
+            Command::Check(args) => {
+                check::run_check(&args, out)?;
                 Ok(())
             }
         }
@@ -128,6 +136,8 @@ pub enum CliError {
     Replay(ReplayError),
     /// `kvstore bench` failed.
     Bench(BenchError),
+    /// `kvstore check` failed.
+    Check(CheckError),
     /// Writing the output failed.
     Io(std::io::Error),
 }
@@ -138,6 +148,7 @@ impl std::fmt::Display for CliError {
             CliError::Demo(e) => e.fmt(f),
             CliError::Replay(e) => e.fmt(f),
             CliError::Bench(e) => e.fmt(f),
+            CliError::Check(e) => e.fmt(f),
             CliError::Io(e) => write!(f, "cannot write the output: {e}"),
         }
     }
@@ -149,6 +160,7 @@ impl std::error::Error for CliError {
             CliError::Demo(e) => e.source(),
             CliError::Replay(e) => Some(e),
             CliError::Bench(e) => e.source(),
+            CliError::Check(e) => Some(e),
             CliError::Io(e) => Some(e),
         }
     }
@@ -169,6 +181,12 @@ impl From<ReplayError> for CliError {
 impl From<BenchError> for CliError {
     fn from(e: BenchError) -> Self {
         CliError::Bench(e)
+    }
+}
+
+impl From<CheckError> for CliError {
+    fn from(e: CheckError) -> Self {
+        CliError::Check(e)
     }
 }
 

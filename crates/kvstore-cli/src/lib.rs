@@ -1,6 +1,7 @@
 //! The `kvstore` command line, as a library so that tests can call every subcommand directly.
 //!
 //! - [`bench`](mod@bench): `kvstore bench`, timings against the memory-bandwidth floor and MXNet.
+//! - [`check`]: `kvstore check`, the stateright models of docs/verification.md.
 //! - [`cli`]: the clap definitions ([`Cli`], [`Command`]) and dispatch ([`run`]).
 //! - [`demo`]: `kvstore demo`, data-parallel training of a logistic regression on simulated
 //!   devices that push gradients to and pull weights from a store.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod data;

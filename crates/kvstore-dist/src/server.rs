@@ -73,7 +73,7 @@ pub struct Server {
 }
 
 impl std::hash::Hash for Server {
-    /// Hashes the protocol state (keys, rounds, queues, barrier); equal servers hash alike.
+    /// Hashes everything equality compares (model checkers identify states by their hash).
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.config.hash(state);
         for (key, slot) in &self.keys {
@@ -82,10 +82,20 @@ impl std::hash::Hash for Server {
             slot.queues.hash(state);
             slot.rounds.hash(state);
             slot.parked.hash(state);
+            // Optimizer states hold floats; their text is a faithful, if slow, digest.
+            slot.optimizer
+                .as_ref()
+                .map(|o| format!("{o:?}"))
+                .hash(state);
         }
+        self.optimizer
+            .as_ref()
+            .map(|o| format!("{o:?}"))
+            .hash(state);
         self.barrier.hash(state);
         self.barrier_count.hash(state);
-        self.failed.is_some().hash(state);
+        self.arrivals.hash(state);
+        self.failed.as_ref().map(ToString::to_string).hash(state);
     }
 }
 
@@ -236,7 +246,11 @@ impl Server {
         if !self.config.sync {
             return self.apply_on_arrival(from, id, &key, value);
         }
-        self.arrivals += 1;
+        // Arrival order matters only to the CountsRequests bug; elsewhere it would only split
+        // otherwise equal states.
+        if self.config.faults.has(Fault::CountsRequests) {
+            self.arrivals += 1;
+        }
         let arrival = self.arrivals;
         let workers = self.config.workers;
         let slot = self.slot_mut(&key)?;

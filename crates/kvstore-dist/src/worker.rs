@@ -106,9 +106,11 @@ pub struct Worker {
 }
 
 impl std::hash::Hash for Worker {
+    /// Hashes everything equality compares (model checkers identify states by their hash).
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.config.hash(state);
         self.keys.hash(state);
+        self.compression.map(|c| format!("{c:?}")).hash(state);
         for (slot, residual) in &self.residuals {
             slot.hash(state);
             residual.iter().for_each(|x| x.to_bits().hash(state));
@@ -123,9 +125,12 @@ impl std::hash::Hash for Worker {
 impl std::hash::Hash for Progress {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.remaining.hash(state);
-        self.error.is_some().hash(state);
+        self.error.as_ref().map(ToString::to_string).hash(state);
         self.pulled.hash(state);
-        self.then.len().hash(state);
+        for send in &self.then {
+            send.server.hash(state);
+            format!("{:?}", send.request).hash(state);
+        }
     }
 }
 
@@ -331,11 +336,13 @@ impl Worker {
                     .and_then(|(_, _, parts)| parts.get_mut(part_index));
                 match slot {
                     Some(slot) => *slot = Some(value),
-                    None => return Err(Error::Protocol {
-                        reason: format!(
+                    None => {
+                        return Err(Error::Protocol {
+                            reason: format!(
                             "server {server} sent a value for request {id}, which pulls nothing"
                         ),
-                    }),
+                        })
+                    }
                 }
             }
             Reply::Failed { error, .. } => {

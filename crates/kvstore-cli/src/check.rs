@@ -1,0 +1,252 @@
+//! `kvstore check`: runs the stateright models of docs/verification.md, or serves one in
+//! stateright's web explorer.
+
+use clap::Args;
+use kvstore_dist::Fault;
+use kvstore_models::dist::DistConfig;
+use stateright::{Checker, Expectation, Model};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// The flags of `kvstore check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Which model: one of `kvstore check --list`, or `ci` for every CI-size model.
+    #[arg(long, default_value = "ci")]
+    pub model: String,
+    /// Plants a bug (see `--list`); the check then succeeds only if a property fails.
+    #[arg(long)]
+    pub fault: Option<String>,
+    /// Checker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Serves the model in stateright's web explorer at this address (e.g. localhost:3000)
+    /// instead of checking it.
+    #[arg(long)]
+    pub explore: Option<String>,
+    /// Lists the models and the planted bugs.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// Why `kvstore check` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// No model or bug of that name.
+    #[error("{0}")]
+    Unknown(String),
+    /// The model could not be built.
+    #[error("cannot build model {model}: {source}")]
+    Model {
+        /// The model.
+        model: String,
+        /// Why.
+        source: kvstore_spec::Error,
+    },
+    /// A property failed on an unmodified model, or a planted bug went unnoticed.
+    #[error("{0}")]
+    Failed(String),
+    /// Writing the report failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The distributed-protocol models by name, with their setups.
+pub fn dist_models() -> Vec<(&'static str, DistConfig)> {
+    vec![
+        ("dist-sync", DistConfig::sync_ci()),
+        ("dist-sync-pipelined", DistConfig::sync_pipelined()),
+        ("dist-sync-compressed", DistConfig::sync_compressed()),
+        ("dist-async", DistConfig::async_ci()),
+        ("dist-rogue-init", DistConfig::sync_rogue_init()),
+        ("dist-crashed-worker", DistConfig::crashed_worker()),
+        ("dist-crashed-server", DistConfig::crashed_server()),
+        ("dist-sync-large", DistConfig::sync_large()),
+    ]
+}
+
+/// What one check found.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// The model's name.
+    pub model: String,
+    /// Distinct states explored.
+    pub unique_states: usize,
+    /// States generated, duplicates included.
+    pub states: usize,
+    /// The longest path explored.
+    pub depth: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Per property: its name, its kind, and the length of the path that falsified it (or,
+    /// for `sometimes`, that exhibited it).
+    pub properties: Vec<(String, Expectation, Option<usize>)>,
+}
+
+impl CheckReport {
+    /// The properties that failed.
+    pub fn failures(&self) -> Vec<&str> {
+        self.properties
+            .iter()
+            .filter(|(_, expectation, found)| match expectation {
+                Expectation::Sometimes => found.is_none(),
+                _ => found.is_some(),
+            })
+            .map(|(name, _, _)| name.as_str())
+            .collect()
+    }
+}
+
+/// Checks every state of `model` (breadth first) and reports each property.
+pub fn check<M>(name: &str, model: M, threads: usize) -> CheckReport
+where
+    M: Model + Send + Sync + 'static,
+    M::State: Clone + Debug + Hash + PartialEq + Send + Sync + 'static,
+    M::Action: Clone + Debug + PartialEq + Send + Sync + 'static,
+{
+    let properties: Vec<(&'static str, Expectation)> = model
+        .properties()
+        .iter()
+        .map(|p| (p.name, p.expectation.clone()))
+        .collect();
+    let started = Instant::now();
+    let checker = model.checker().threads(threads.max(1)).spawn_bfs().join();
+    let elapsed = started.elapsed();
+    let properties = properties
+        .into_iter()
+        .map(|(property, expectation)| {
+            let found = checker
+                .discovery(property)
+                .map(|path| path.into_actions().len());
+            (property.to_owned(), expectation, found)
+        })
+        .collect();
+    CheckReport {
+        model: name.to_owned(),
+        unique_states: checker.unique_state_count(),
+        states: checker.state_count(),
+        depth: checker.max_depth(),
+        elapsed,
+        properties,
+    }
+}
+
+/// Runs `kvstore check`.
+pub fn run_check(args: &CheckArgs, out: &mut dyn Write) -> Result<Vec<CheckReport>, CheckError> {
+    if args.list {
+        writeln!(out, "models: ci (every model but the large ones)")?;
+        for (name, _) in dist_models() {
+            writeln!(out, "  {name}")?;
+        }
+        writeln!(out, "planted bugs (--fault):")?;
+        for fault in Fault::ALL {
+            let (name, _) = exposing(fault);
+            writeln!(out, "  {} (model {name})", fault.name())?;
+        }
+        return Ok(Vec::new());
+    }
+    let fault = match &args.fault {
+        None => None,
+        Some(name) => Some(
+            Fault::from_name(name)
+                .ok_or_else(|| CheckError::Unknown(format!("no planted bug named '{name}'")))?,
+        ),
+    };
+    let chosen: Vec<(String, DistConfig)> = match (args.model.as_str(), fault) {
+        ("ci", Some(fault)) => {
+            let (name, config) = exposing(fault);
+            vec![(name.to_owned(), config)]
+        }
+        ("ci", None) => dist_models()
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("-large"))
+            .map(|(n, c)| (n.to_owned(), c))
+            .collect(),
+        (wanted, _) => dist_models()
+            .into_iter()
+            .filter(|(name, _)| *name == wanted)
+            .map(|(n, c)| (n.to_owned(), c))
+            .collect(),
+    };
+    if chosen.is_empty() {
+        return Err(CheckError::Unknown(format!(
+            "no model named '{}' (see kvstore check --list)",
+            args.model
+        )));
+    }
+    let mut reports = Vec::new();
+    for (name, mut config) in chosen {
+        if let Some(fault) = fault {
+            config = config
+                .with_fault(fault)
+                .map_err(|source| CheckError::Model {
+                    model: name.clone(),
+                    source,
+                })?;
+        }
+        let model = config.into_model().map_err(|source| CheckError::Model {
+            model: name.clone(),
+            source,
+        })?;
+        if let Some(address) = &args.explore {
+            writeln!(out, "serving {name} at http://{address}")?;
+            model
+                .checker()
+                .threads(args.threads.max(1))
+                .serve(address.as_str());
+            return Ok(reports);
+        }
+        let report = check(&name, model, args.threads);
+        print_report(&report, out)?;
+        reports.push(report);
+    }
+    let failures: Vec<String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.failures()
+                .into_iter()
+                .map(move |p| format!("{}: {p}", r.model))
+        })
+        .collect();
+    match (fault, failures.is_empty()) {
+        (None, false) => Err(CheckError::Failed(format!(
+            "properties failed: {}",
+            failures.join("; ")
+        ))),
+        (Some(fault), true) => Err(CheckError::Failed(format!(
+            "planted bug {} was not found",
+            fault.name()
+        ))),
+        _ => Ok(reports),
+    }
+}
+
+/// The model a planted bug is checked in.
+fn exposing(fault: Fault) -> (&'static str, DistConfig) {
+    let config = DistConfig::exposing(fault);
+    let name = dist_models()
+        .into_iter()
+        .find(|(_, c)| *c == config)
+        .map_or("dist-sync", |(name, _)| name);
+    (name, config)
+}
+
+fn print_report(report: &CheckReport, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{}: {} unique states ({} generated, depth {}) in {:.2?}",
+        report.model, report.unique_states, report.states, report.depth, report.elapsed
+    )?;
+    for (name, expectation, found) in &report.properties {
+        let verdict = match (expectation, found) {
+            (Expectation::Sometimes, Some(n)) => format!("example found ({n} steps)"),
+            (Expectation::Sometimes, None) => "NO EXAMPLE".to_owned(),
+            (_, None) => "holds".to_owned(),
+            (_, Some(n)) => format!("COUNTEREXAMPLE ({n} steps)"),
+        };
+        writeln!(out, "  {expectation:?} {name}: {verdict}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The state machines' own rules, one request at a time: malformed and unexpected messages are
+//! refused with a typed error and change nothing (R65); the layout decides who holds what (R63).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use kvstore_dist::{
+    Faults, Layout, Payload, Reply, Request, Server, ServerConfig, Worker, WorkerConfig,
+};
+use kvstore_spec::codec::{Compression, CompressionType};
+use kvstore_spec::{Error, Key, Tensor, Value};
+
+fn server(index: usize, workers: usize) -> Server {
+    Server::new(ServerConfig {
+        index,
+        workers,
+        sync: true,
+        faults: Faults::NONE,
+    })
+}
+
+fn flat(xs: &[f32]) -> Value {
+    Value::Dense(Tensor::new([xs.len()], xs.to_vec()).unwrap())
+}
+
+fn failed(replies: &[kvstore_dist::Outgoing]) -> &Error {
+    match replies {
+        [kvstore_dist::Outgoing {
+            reply: Reply::Failed { error, .. },
+            ..
+        }] => error,
+        other => panic!("expected one failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn r65_malformed_requests_are_refused_and_change_nothing() {
+    let mut s = server(0, 2);
+    let key = Key::Int(4);
+    s.handle(
+        0,
+        Request::Init {
+            id: 0,
+            key: key.clone(),
+            value: flat(&[1.0, 2.0]),
+        },
+    );
+    let before = s.clone();
+
+    // Wrong element count, unknown key, unknown worker, a barrier twice, a second init.
+    let wrong_size = Request::Push {
+        id: 1,
+        key: key.clone(),
+        payload: Payload::Plain(flat(&[1.0])),
+    };
+    assert!(matches!(
+        failed(&s.handle(0, wrong_size)),
+        Error::ShapeMismatch { .. }
+    ));
+    let unknown = Request::Pull {
+        id: 2,
+        key: Key::Int(5),
+    };
+    assert!(matches!(
+        failed(&s.handle(0, unknown)),
+        Error::NotInitialized { .. }
+    ));
+    let stranger = Request::Pull {
+        id: 3,
+        key: key.clone(),
+    };
+    assert!(matches!(
+        failed(&s.handle(7, stranger)),
+        Error::UnknownWorker { rank: 7, .. }
+    ));
+    let again = Request::Init {
+        id: 4,
+        key: key.clone(),
+        value: flat(&[9.0, 9.0]),
+    };
+    assert!(matches!(
+        failed(&s.handle(1, again)),
+        Error::DuplicateInit { .. }
+    ));
+    // Quantised words that cannot hold the elements they claim.
+    let compression = Compression::new(CompressionType::TwoBit, 0.5).unwrap();
+    let short = Request::Push {
+        id: 5,
+        key: key.clone(),
+        payload: Payload::Quantized {
+            compression,
+            words: vec![],
+            len: 2,
+        },
+    };
+    assert!(matches!(
+        failed(&s.handle(0, short)),
+        Error::Protocol { .. }
+    ));
+    assert_eq!(s, before, "a refused request changed the server");
+
+    assert!(s.handle(0, Request::Barrier { id: 6 }).is_empty());
+    let twice = s.handle(0, Request::Barrier { id: 7 });
+    assert!(matches!(failed(&twice), Error::Protocol { .. }));
+    let mut other = server(1, 2);
+    let misdirected = other.handle(0, Request::Barrier { id: 8 });
+    assert!(matches!(failed(&misdirected), Error::Protocol { .. }));
+}
+
+#[test]
+fn r65_a_reply_to_nothing_in_flight_is_refused_and_changes_nothing() {
+    let layout = Layout::new(1, 10).unwrap();
+    let mut w = Worker::new(WorkerConfig {
+        rank: 1,
+        workers: 2,
+        layout,
+        faults: Faults::NONE,
+    });
+    let before = w.clone();
+    for reply in [
+        Reply::Done { id: 0 },
+        Reply::Value {
+            id: 3,
+            value: flat(&[1.0]),
+        },
+        Reply::Failed {
+            id: 9,
+            error: Error::NoOptimizer,
+        },
+    ] {
+        assert!(matches!(w.handle(0, reply), Err(Error::Protocol { .. })));
+    }
+    assert_eq!(w, before);
+    // A value in answer to a barrier is refused too.
+    let (_, effects) = w.barrier();
+    let id = effects.sends[0].request.id();
+    let during = w.clone();
+    let reply = Reply::Value {
+        id,
+        value: flat(&[1.0]),
+    };
+    assert!(matches!(w.handle(0, reply), Err(Error::Protocol { .. })));
+    assert_eq!(w, during);
+}
+
+#[test]
+fn r59_a_push_with_a_bad_value_sends_nothing_and_keeps_the_residuals() {
+    let layout = Layout::new(2, 4).unwrap();
+    let mut w = Worker::new(WorkerConfig {
+        rank: 1,
+        workers: 2,
+        layout,
+        faults: Faults::NONE,
+    });
+    let (a, b) = (Key::Int(1), Key::Int(2));
+    w.init(&[(a.clone(), flat(&[0.0; 4])), (b.clone(), flat(&[0.0; 2]))])
+        .unwrap();
+    w.set_gradient_compression(Compression::new(CompressionType::TwoBit, 0.5).unwrap());
+    let before = w.clone();
+    let wrong = w.push(&[(a.clone(), flat(&[0.3; 4])), (b.clone(), flat(&[0.3; 3]))]);
+    assert!(matches!(wrong, Err(Error::ShapeMismatch { .. })));
+    let unknown = w.push(&[(Key::Int(3), flat(&[0.3]))]);
+    assert!(matches!(unknown, Err(Error::NotInitialized { .. })));
+    assert_eq!(w, before);
+    // A valid push reaches both servers for the sliced key, one for the small key.
+    let (_, effects) = w
+        .push(&[(a, flat(&[0.3; 4])), (b, flat(&[0.3; 2]))])
+        .unwrap();
+    let mut servers: Vec<usize> = effects.sends.iter().map(|s| s.server).collect();
+    servers.sort_unstable();
+    assert_eq!(servers.len(), 3);
+}
