@@ -58,6 +58,7 @@ pub fn dist_models() -> Vec<(&'static str, DistConfig)> {
     vec![
         ("dist-sync", DistConfig::sync_ci()),
         ("dist-sync-pipelined", DistConfig::sync_pipelined()),
+        ("dist-sync-overlapped", DistConfig::sync_overlapped()),
         ("dist-sync-compressed", DistConfig::sync_compressed()),
         ("dist-async", DistConfig::async_ci()),
         ("dist-rogue-init", DistConfig::sync_rogue_init()),

@@ -14,6 +14,9 @@ pub enum Fault {
     /// The server answers a pull at once, even while the puller's own push waits in an open
     /// round (no "read your own round").
     StalePull,
+    /// The server answers a parked pull only once its worker has no contribution queued at all,
+    /// so a push sent after the pull delays it to a later round.
+    PullWaitsForLaterPushes,
     /// The server forgets the pulls it parked when their round completes (a lost wake-up).
     ParkedPullsForgotten,
     /// The server accepts a second init of a key and overwrites its value.
@@ -28,10 +31,11 @@ pub enum Fault {
 
 impl Fault {
     /// Every planted bug.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::RoundClosesEarly,
         Fault::CountsRequests,
         Fault::StalePull,
+        Fault::PullWaitsForLaterPushes,
         Fault::ParkedPullsForgotten,
         Fault::InitAcceptedTwice,
         Fault::BarrierNotReset,
@@ -45,6 +49,7 @@ impl Fault {
             Fault::RoundClosesEarly => "round-closes-early",
             Fault::CountsRequests => "counts-requests",
             Fault::StalePull => "stale-pull",
+            Fault::PullWaitsForLaterPushes => "pull-waits-for-later-pushes",
             Fault::ParkedPullsForgotten => "parked-pulls-forgotten",
             Fault::InitAcceptedTwice => "init-accepted-twice",
             Fault::BarrierNotReset => "barrier-not-reset",

@@ -51,8 +51,9 @@ struct Slot {
     queues: Vec<VecDeque<Queued>>,
     /// Completed rounds (sync) or applied pushes (async).
     rounds: u64,
-    /// Pulls waiting for their worker's open round (R52): (worker, request).
-    parked: Vec<(usize, RequestId)>,
+    /// Pulls waiting for their worker's open round (R52): (worker, request, the round count
+    /// that completes the last round the worker pushed into before the pull).
+    parked: Vec<(usize, RequestId, u64)>,
     /// The optimizer's states for this part, when an optimizer is set.
     optimizer: Option<OptimizerUpdater>,
 }
@@ -188,7 +189,7 @@ impl Server {
                     out.push(failed(w, queued.id, error.clone()));
                 }
             }
-            for (w, id) in slot.parked.drain(..) {
+            for (w, id, _) in slot.parked.drain(..) {
                 out.push(failed(w, id, error.clone()));
             }
         }
@@ -314,13 +315,19 @@ impl Server {
         slot.optimizer = optimizer;
         slot.rounds += 1;
         if !faults.has(Fault::ParkedPullsForgotten) {
-            let (ready, still): (Vec<_>, Vec<_>) = slot
-                .parked
-                .iter()
-                .copied()
-                .partition(|&(w, _)| slot.queues.get(w).is_none_or(VecDeque::is_empty));
+            let late = faults.has(Fault::PullWaitsForLaterPushes);
+            let rounds = slot.rounds;
+            let queues = &slot.queues;
+            let (ready, still): (Vec<_>, Vec<_>) =
+                slot.parked.iter().copied().partition(|&(w, _, target)| {
+                    if late {
+                        queues.get(w).is_none_or(VecDeque::is_empty)
+                    } else {
+                        rounds >= target
+                    }
+                });
             slot.parked = still;
-            for (w, id) in ready {
+            for (w, id, _) in ready {
                 out.push(Outgoing {
                     to: w,
                     reply: Reply::Value {
@@ -362,9 +369,12 @@ impl Server {
     fn pull(&mut self, from: usize, id: RequestId, key: &Key) -> Result<Vec<Outgoing>> {
         let stale_ok = self.config.faults.has(Fault::StalePull);
         let slot = self.slot_mut(key)?;
-        let own_round_open = slot.queues.get(from).is_some_and(|q| !q.is_empty());
-        if own_round_open && !stale_ok {
-            slot.parked.push((from, id));
+        // The pull reads the round of the worker's last push before it, which completes when
+        // every contribution the worker has queued now is in a completed round; pushes the
+        // worker sends after the pull belong to later rounds and must not delay it.
+        let queued = slot.queues.get(from).map_or(0, VecDeque::len) as u64;
+        if queued > 0 && !stale_ok {
+            slot.parked.push((from, id, slot.rounds + queued));
             return Ok(Vec::new());
         }
         Ok(vec![Outgoing {

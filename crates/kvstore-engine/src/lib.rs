@@ -51,6 +51,7 @@
 
 mod engine;
 mod op;
+pub mod rules;
 mod scheduler;
 mod sync;
 mod tickets;

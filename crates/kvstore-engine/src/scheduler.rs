@@ -1,10 +1,10 @@
 //! An engine's shared state: the ready queue its workers take ops from, the ops it has issued and
 //! not completed, and its error list.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 
 use crate::op::Op;
+use crate::rules::ReadyQueue;
 use crate::sync::{self, Arc, Condvar, Mutex};
 use crate::tickets::Tickets;
 
@@ -18,7 +18,8 @@ pub(crate) struct Scheduler<E> {
 
 struct State<E> {
     next_seq: u64,
-    ready: BinaryHeap<Ready<E>>,
+    /// Ops whose vars are all granted: higher priority first, then lower seq (earlier issue).
+    ready: ReadyQueue<Arc<Op<E>>>,
     /// Seqs of issued ops not yet completed.
     incomplete: Tickets,
     /// Errors of failed ops by seq, so the earliest issued is returned first.
@@ -29,15 +30,12 @@ struct State<E> {
     waiters: usize,
 }
 
-/// A ready op in the heap: higher priority first, then lower seq (earlier issue).
-struct Ready<E>(Arc<Op<E>>);
-
 impl<E> Scheduler<E> {
     pub(crate) fn new() -> Self {
         Scheduler {
             state: Mutex::new(State {
                 next_seq: 0,
-                ready: BinaryHeap::new(),
+                ready: ReadyQueue::new(),
                 incomplete: Tickets::default(),
                 errors: BTreeMap::new(),
                 shutdown: false,
@@ -59,7 +57,8 @@ impl<E> Scheduler<E> {
 
     /// Queues an op whose vars are all granted.
     pub(crate) fn schedule(&self, op: Arc<Op<E>>) {
-        sync::lock(&self.state).ready.push(Ready(op));
+        let (priority, seq) = (op.priority, op.seq);
+        sync::lock(&self.state).ready.push(priority, seq, op);
         self.work.notify_one();
     }
 
@@ -67,7 +66,7 @@ impl<E> Scheduler<E> {
     pub(crate) fn next(&self) -> Option<Arc<Op<E>>> {
         let mut state = sync::lock(&self.state);
         loop {
-            if let Some(Ready(op)) = state.ready.pop() {
+            if let Some(op) = state.ready.pop() {
                 return Some(op);
             }
             if state.shutdown && state.incomplete.is_empty() {
@@ -121,31 +120,5 @@ impl<E> Scheduler<E> {
         if finished {
             self.work.notify_all();
         }
-    }
-}
-
-impl<E> Ready<E> {
-    fn key(&self) -> (i32, std::cmp::Reverse<u64>) {
-        (self.0.priority, std::cmp::Reverse(self.0.seq))
-    }
-}
-
-impl<E> PartialEq for Ready<E> {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl<E> Eq for Ready<E> {}
-
-impl<E> PartialOrd for Ready<E> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<E> Ord for Ready<E> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(&other.key())
     }
 }

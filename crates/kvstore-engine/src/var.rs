@@ -1,10 +1,11 @@
-//! Vars and the per-var dependency rule: each var grants access to the ops issued on it in issue
-//! order; a writer gets it alone, a run of consecutive readers shares it.
+//! Vars: the per-var dependency rule ([`Admission`], in `rules`) behind a lock, with the
+//! bookkeeping that waits on a var need (tickets of incomplete ops, errors, waiters).
 
 use std::collections::VecDeque;
 use std::fmt;
 
 use crate::op::Op;
+use crate::rules::Admission;
 use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard};
 use crate::tickets::Tickets;
 
@@ -31,12 +32,8 @@ pub(crate) struct State<E> {
     next_ticket: u64,
     /// Tickets of the ops issued on this var and not yet completed.
     incomplete: Tickets,
-    /// Ops issued on this var and not yet granted it, in issue order, with whether they write.
-    waiting: VecDeque<(Arc<Op<E>>, bool)>,
-    /// Granted readers not yet completed (granted includes ready but not yet running).
-    granted_readers: usize,
-    /// Whether a granted writer has not yet completed.
-    granted_writer: bool,
+    /// Which ops hold the var and which wait for it: the admission rule.
+    admission: Admission<Arc<Op<E>>>,
     /// Errors of failed writers, in completion order, which for writers of one var is issue order.
     errors: VecDeque<E>,
     /// Threads blocked in a wait on this var; completion signals only when there are some (a
@@ -53,9 +50,7 @@ impl<E: Clone + Send + 'static> Var<E> {
                 state: Mutex::new(State {
                     next_ticket: 0,
                     incomplete: Tickets::default(),
-                    waiting: VecDeque::new(),
-                    granted_readers: 0,
-                    granted_writer: false,
+                    admission: Admission::new(),
                     errors: VecDeque::new(),
                     waiters: 0,
                 }),
@@ -124,13 +119,8 @@ impl<E: Clone + Send + 'static> Var<E> {
     pub(crate) fn complete(&self, ticket: u64, write: bool, error: Option<E>) -> Vec<Arc<Op<E>>> {
         let mut state = self.lock();
         state.errors.extend(error);
-        if write {
-            state.granted_writer = false;
-        } else {
-            state.granted_readers = state.granted_readers.saturating_sub(1);
-        }
         state.incomplete.remove(ticket);
-        let granted = state.grant_waiting();
+        let granted = state.admission.release(write);
         let waiters = state.waiters > 0;
         drop(state);
         if waiters {
@@ -151,43 +141,7 @@ impl<E> State<E> {
 
     /// Appends `op` to the var's issue order; returns whether the var is granted to it at once.
     pub(crate) fn enqueue(&mut self, op: &Arc<Op<E>>, write: bool) -> bool {
-        if self.waiting.is_empty() && self.may_grant(write) {
-            self.take(write);
-            true
-        } else {
-            self.waiting.push_back((Arc::clone(op), write));
-            false
-        }
-    }
-
-    /// Grants the var to the waiting ops at the front that may now have it: one writer, or every
-    /// reader up to the next writer.
-    fn grant_waiting(&mut self) -> Vec<Arc<Op<E>>> {
-        let mut granted = Vec::new();
-        while let Some(&(_, write)) = self.waiting.front() {
-            if !self.may_grant(write) {
-                break;
-            }
-            self.take(write);
-            granted.extend(self.waiting.pop_front().map(|(op, _)| op));
-            if write {
-                break;
-            }
-        }
-        granted
-    }
-
-    /// The rule: a writer excludes everyone, readers exclude only writers.
-    fn may_grant(&self, write: bool) -> bool {
-        !self.granted_writer && (!write || self.granted_readers == 0)
-    }
-
-    fn take(&mut self, write: bool) {
-        if write {
-            self.granted_writer = true;
-        } else {
-            self.granted_readers += 1;
-        }
+        self.admission.enqueue_with(write, || Arc::clone(op))
     }
 }
 

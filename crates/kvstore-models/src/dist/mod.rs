@@ -52,6 +52,8 @@ pub struct DistConfig {
     pub rounds: usize,
     /// Pull after every round (else only after the last).
     pub pull_each_round: bool,
+    /// Pulls before the last round are issued without waiting for them.
+    pub overlap_pulls: bool,
     /// 2-bit (or 1-bit) compression of pushes.
     pub compression: Option<Compression>,
     /// The servers' optimizer (set by worker 0, then a barrier). Required by dist_async.
@@ -93,6 +95,7 @@ impl DistConfig {
             big_array_bound: 3,
             rounds: 2,
             pull_each_round: true,
+            overlap_pulls: false,
             compression: None,
             optimizer: None,
             rogue_init: false,
@@ -129,6 +132,17 @@ impl DistConfig {
             keys: vec![(Key::Int(1), vec![2])],
             servers: 1,
             pull_each_round: false,
+            ..DistConfig::sync_ci()
+        }
+    }
+
+    /// dist_sync where a worker's pull of round 1 is still pending when it pushes round 2:
+    /// one server, one key, 2 rounds.
+    pub fn sync_overlapped() -> DistConfig {
+        DistConfig {
+            keys: vec![(Key::Int(1), vec![2])],
+            servers: 1,
+            overlap_pulls: true,
             ..DistConfig::sync_ci()
         }
     }
@@ -192,6 +206,7 @@ impl DistConfig {
             Fault::InitAcceptedTwice => DistConfig::sync_rogue_init(),
             Fault::ResidualDropped => DistConfig::sync_compressed(),
             Fault::CountsRequests => DistConfig::sync_pipelined(),
+            Fault::PullWaitsForLaterPushes => DistConfig::sync_overlapped(),
             Fault::BarrierNotReset => DistConfig::async_ci(),
             _ => DistConfig::sync_ci(),
         }

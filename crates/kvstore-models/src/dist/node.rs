@@ -305,7 +305,7 @@ fn advance(config: &DistConfig, program: &[Step], w: &mut WorkerState, o: &mut O
                     .collect();
                 w.worker.push(&pairs)
             }
-            Step::Pull => {
+            Step::Pull | Step::PullNoWait => {
                 let keys: Vec<_> = config.keys.iter().map(|(k, _)| k.clone()).collect();
                 w.worker.pull(&keys)
             }

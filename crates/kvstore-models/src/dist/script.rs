@@ -19,6 +19,9 @@ pub enum Step {
     Push(usize),
     /// Pull every key, waited for.
     Pull,
+    /// Pull every key without waiting: the worker's next push goes out while the pull is
+    /// pending (as an asynchronous engine lets it when the pull's output is another array).
+    PullNoWait,
     /// The global barrier.
     Barrier,
     /// The worker restarts, forgets its keys and inits the first key again: the servers must
@@ -29,7 +32,7 @@ pub enum Step {
 impl Step {
     /// Whether the worker waits for this step to complete before the next.
     pub fn waits(&self) -> bool {
-        !matches!(self, Step::Push(_) | Step::Compress)
+        !matches!(self, Step::Push(_) | Step::Compress | Step::PullNoWait)
     }
 }
 
@@ -100,8 +103,14 @@ pub fn program(config: &DistConfig, rank: usize) -> Vec<Step> {
     }
     for round in 0..config.rounds {
         steps.push(Step::Push(round));
-        if config.pull_each_round || round + 1 == config.rounds {
+        if round + 1 == config.rounds {
             steps.push(Step::Pull);
+        } else if config.pull_each_round {
+            steps.push(if config.overlap_pulls {
+                Step::PullNoWait
+            } else {
+                Step::Pull
+            });
         }
     }
     if config.rogue_init && rank == 0 {
@@ -122,7 +131,9 @@ pub fn expectations(config: &DistConfig) -> Result<Vec<Vec<Expect>>> {
                         pushed += 1;
                         Ok(Expect::Done)
                     }
-                    Step::Pull => pulls(config, rank, pushed).map(Expect::Values),
+                    Step::Pull | Step::PullNoWait => {
+                        pulls(config, rank, pushed).map(Expect::Values)
+                    }
                     Step::RogueInit => Ok(Expect::DuplicateInit),
                     _ => Ok(Expect::Done),
                 })
