@@ -4,6 +4,7 @@
 use clap::Args;
 use kvstore_dist::Fault;
 use kvstore_models::dist::DistConfig;
+use kvstore_models::local::{Fault as LocalFault, LocalConfig};
 use stateright::{Checker, Expectation, Model};
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -53,18 +54,69 @@ pub enum CheckError {
     Io(#[from] std::io::Error),
 }
 
-/// The distributed-protocol models by name, with their setups.
-pub fn dist_models() -> Vec<(&'static str, DistConfig)> {
+/// A model the command can check.
+#[derive(Debug, Clone)]
+pub enum Setup {
+    /// The engine's per-key ordering (`kvstore_models::local`).
+    Local(LocalConfig),
+    /// The distributed protocol (`kvstore_models::dist`).
+    Dist(DistConfig),
+}
+
+/// A planted bug of either model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// An engine bug.
+    Local(LocalFault),
+    /// A protocol bug.
+    Dist(Fault),
+}
+
+impl PlantedBug {
+    /// Every planted bug.
+    pub fn all() -> Vec<PlantedBug> {
+        let local = LocalFault::ALL.into_iter().map(PlantedBug::Local);
+        local.chain(Fault::ALL.into_iter().map(PlantedBug::Dist)).collect()
+    }
+
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::Local(f) => f.name(),
+            PlantedBug::Dist(f) => f.name(),
+        }
+    }
+
+    /// The model it is checked in.
+    pub fn model(self) -> (&'static str, Setup) {
+        match self {
+            PlantedBug::Local(_) => ("local", Setup::Local(LocalConfig::ci())),
+            PlantedBug::Dist(fault) => {
+                let config = DistConfig::exposing(fault);
+                let name = models()
+                    .into_iter()
+                    .find(|(_, s)| matches!(s, Setup::Dist(c) if *c == config))
+                    .map_or("dist-sync", |(name, _)| name);
+                (name, Setup::Dist(config))
+            }
+        }
+    }
+}
+
+/// Every model by name; names ending in `-large` are the release-size runs.
+pub fn models() -> Vec<(&'static str, Setup)> {
     vec![
-        ("dist-sync", DistConfig::sync_ci()),
-        ("dist-sync-pipelined", DistConfig::sync_pipelined()),
-        ("dist-sync-overlapped", DistConfig::sync_overlapped()),
-        ("dist-sync-compressed", DistConfig::sync_compressed()),
-        ("dist-async", DistConfig::async_ci()),
-        ("dist-rogue-init", DistConfig::sync_rogue_init()),
-        ("dist-crashed-worker", DistConfig::crashed_worker()),
-        ("dist-crashed-server", DistConfig::crashed_server()),
-        ("dist-sync-large", DistConfig::sync_large()),
+        ("local", Setup::Local(LocalConfig::ci())),
+        ("local-large", Setup::Local(LocalConfig::large())),
+        ("dist-sync", Setup::Dist(DistConfig::sync_ci())),
+        ("dist-sync-pipelined", Setup::Dist(DistConfig::sync_pipelined())),
+        ("dist-sync-overlapped", Setup::Dist(DistConfig::sync_overlapped())),
+        ("dist-sync-compressed", Setup::Dist(DistConfig::sync_compressed())),
+        ("dist-async", Setup::Dist(DistConfig::async_ci())),
+        ("dist-rogue-init", Setup::Dist(DistConfig::sync_rogue_init())),
+        ("dist-crashed-worker", Setup::Dist(DistConfig::crashed_worker())),
+        ("dist-crashed-server", Setup::Dist(DistConfig::crashed_server())),
+        ("dist-sync-large", Setup::Dist(DistConfig::sync_large())),
     ]
 }
 
@@ -137,39 +189,32 @@ where
 /// Runs `kvstore check`.
 pub fn run_check(args: &CheckArgs, out: &mut dyn Write) -> Result<Vec<CheckReport>, CheckError> {
     if args.list {
-        writeln!(out, "models: ci (every model but the large ones)")?;
-        for (name, _) in dist_models() {
+        writeln!(out, "models (--model; `ci` runs all but the -large ones):")?;
+        for (name, _) in models() {
             writeln!(out, "  {name}")?;
         }
         writeln!(out, "planted bugs (--fault):")?;
-        for fault in Fault::ALL {
-            let (name, _) = exposing(fault);
-            writeln!(out, "  {} (model {name})", fault.name())?;
+        for bug in PlantedBug::all() {
+            writeln!(out, "  {} (model {})", bug.name(), bug.model().0)?;
         }
         return Ok(Vec::new());
     }
-    let fault = match &args.fault {
+    let bug = match &args.fault {
         None => None,
         Some(name) => Some(
-            Fault::from_name(name)
+            PlantedBug::all()
+                .into_iter()
+                .find(|b| b.name() == name)
                 .ok_or_else(|| CheckError::Unknown(format!("no planted bug named '{name}'")))?,
         ),
     };
-    let chosen: Vec<(String, DistConfig)> = match (args.model.as_str(), fault) {
-        ("ci", Some(fault)) => {
-            let (name, config) = exposing(fault);
-            vec![(name.to_owned(), config)]
-        }
-        ("ci", None) => dist_models()
+    let chosen: Vec<(&'static str, Setup)> = match (args.model.as_str(), bug) {
+        ("ci", Some(bug)) => vec![bug.model()],
+        ("ci", None) => models()
             .into_iter()
             .filter(|(name, _)| !name.ends_with("-large"))
-            .map(|(n, c)| (n.to_owned(), c))
             .collect(),
-        (wanted, _) => dist_models()
-            .into_iter()
-            .filter(|(name, _)| *name == wanted)
-            .map(|(n, c)| (n.to_owned(), c))
-            .collect(),
+        (wanted, _) => models().into_iter().filter(|(name, _)| *name == wanted).collect(),
     };
     if chosen.is_empty() {
         return Err(CheckError::Unknown(format!(
@@ -178,60 +223,78 @@ pub fn run_check(args: &CheckArgs, out: &mut dyn Write) -> Result<Vec<CheckRepor
         )));
     }
     let mut reports = Vec::new();
-    for (name, mut config) in chosen {
-        if let Some(fault) = fault {
-            config = config
-                .with_fault(fault)
-                .map_err(|source| CheckError::Model {
-                    model: name.clone(),
-                    source,
-                })?;
-        }
-        let model = config.into_model().map_err(|source| CheckError::Model {
-            model: name.clone(),
+    for (name, setup) in chosen {
+        let failed = |source| CheckError::Model {
+            model: name.to_owned(),
             source,
-        })?;
-        if let Some(address) = &args.explore {
-            writeln!(out, "serving {name} at http://{address}")?;
-            model
-                .checker()
-                .threads(args.threads.max(1))
-                .serve(address.as_str());
+        };
+        let report = match (setup, bug) {
+            (Setup::Local(config), bug) => {
+                let config = match bug {
+                    Some(PlantedBug::Local(fault)) => config.with_fault(fault),
+                    Some(PlantedBug::Dist(_)) => return Err(wrong_family(name)),
+                    None => config,
+                };
+                run_one(name, config.into_model(), args, out)?
+            }
+            (Setup::Dist(config), bug) => {
+                let config = match bug {
+                    Some(PlantedBug::Dist(fault)) => config.with_fault(fault).map_err(failed)?,
+                    Some(PlantedBug::Local(_)) => return Err(wrong_family(name)),
+                    None => config,
+                };
+                run_one(name, config.into_model().map_err(failed)?, args, out)?
+            }
+        };
+        let Some(report) = report else {
             return Ok(reports);
-        }
-        let report = check(&name, model, args.threads);
+        };
         print_report(&report, out)?;
         reports.push(report);
     }
     let failures: Vec<String> = reports
         .iter()
-        .flat_map(|r| {
-            r.failures()
-                .into_iter()
-                .map(move |p| format!("{}: {p}", r.model))
-        })
+        .flat_map(|r| r.failures().into_iter().map(move |p| format!("{}: {p}", r.model)))
         .collect();
-    match (fault, failures.is_empty()) {
+    match (bug, failures.is_empty()) {
         (None, false) => Err(CheckError::Failed(format!(
             "properties failed: {}",
             failures.join("; ")
         ))),
-        (Some(fault), true) => Err(CheckError::Failed(format!(
+        (Some(bug), true) => Err(CheckError::Failed(format!(
             "planted bug {} was not found",
-            fault.name()
+            bug.name()
         ))),
         _ => Ok(reports),
     }
 }
 
-/// The model a planted bug is checked in.
-fn exposing(fault: Fault) -> (&'static str, DistConfig) {
-    let config = DistConfig::exposing(fault);
-    let name = dist_models()
-        .into_iter()
-        .find(|(_, c)| *c == config)
-        .map_or("dist-sync", |(name, _)| name);
-    (name, config)
+fn wrong_family(model: &str) -> CheckError {
+    CheckError::Unknown(format!("that planted bug does not exist in model {model}"))
+}
+
+/// Checks `model`, or serves it when `--explore` is given (then `None`).
+fn run_one<M>(
+    name: &str,
+    model: M,
+    args: &CheckArgs,
+    out: &mut dyn Write,
+) -> Result<Option<CheckReport>, CheckError>
+where
+    M: Model + Send + Sync + 'static,
+    M::State: Clone + Debug + Hash + PartialEq + Send + Sync + 'static,
+    M::Action: Clone + Debug + PartialEq + Send + Sync + 'static,
+{
+    if let Some(address) = &args.explore {
+        writeln!(out, "serving {name} at http://{address}")?;
+        out.flush()?;
+        model
+            .checker()
+            .threads(args.threads.max(1))
+            .serve(address.as_str());
+        return Ok(None);
+    }
+    Ok(Some(check(name, model, args.threads)))
 }
 
 fn print_report(report: &CheckReport, out: &mut dyn Write) -> std::io::Result<()> {

@@ -61,3 +61,13 @@ fn list_names_every_model_and_bug() {
         assert!(out.contains(name), "{out}");
     }
 }
+
+#[test]
+fn a_planted_engine_bug_is_found_in_the_local_model() {
+    let (code, out, err) = kvstore(&["check", "--fault", "reader-beside-writer"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("COUNTEREXAMPLE"), "{out}");
+    let (code, _, err) = kvstore(&["check", "--model", "local", "--fault", "stale-pull"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist in model local"), "{err}");
+}
