@@ -221,7 +221,7 @@ impl DistConfig {
 
     /// The stateright model, with every property above.
     pub fn into_model(self) -> Result<DistModel> {
-        Layout::new(self.servers, self.big_array_bound)?;
+        let layout = Layout::new(self.servers, self.big_array_bound)?.with_faults(self.faults);
         if self.workers == 0 {
             return Err(Error::UnsupportedKind {
                 kind: "dist".into(),
@@ -237,6 +237,7 @@ impl DistConfig {
         for rank in 0..config.workers {
             model = model.actor(Node::Worker {
                 config: Arc::clone(&config),
+                layout,
                 program: Arc::new(script::program(&config, rank)),
             });
         }

@@ -98,6 +98,8 @@ pub enum Node {
     Worker {
         /// The model's setup.
         config: Arc<DistConfig>,
+        /// Where keys live (validated when the model was built).
+        layout: Layout,
         /// Its program.
         program: Arc<Vec<Step>>,
     },
@@ -127,14 +129,13 @@ impl Actor for Node {
         let config = self.config();
         let index = usize::from(id);
         match self {
-            Node::Worker { program, .. } => {
-                let layout = Layout::new(config.servers, config.big_array_bound)
-                    .unwrap_or_else(|_| fallback_layout())
-                    .with_faults(config.faults);
+            Node::Worker {
+                program, layout, ..
+            } => {
                 let worker = Worker::new(WorkerConfig {
                     rank: index,
                     workers: config.workers,
-                    layout,
+                    layout: *layout,
                     faults: config.faults,
                 });
                 let mut state = WorkerState {
@@ -224,12 +225,6 @@ impl Actor for Node {
             _ => {}
         }
     }
-}
-
-/// A one-server layout, used only if the config's layout is invalid (the model's constructor
-/// rejects those first).
-fn fallback_layout() -> Layout {
-    Layout::new(1, usize::MAX).unwrap_or_else(|_| fallback_layout())
 }
 
 /// Arms the failure detector while something waits, when the model has one (R64).
