@@ -76,7 +76,9 @@ impl PlantedBug {
     /// Every planted bug.
     pub fn all() -> Vec<PlantedBug> {
         let local = LocalFault::ALL.into_iter().map(PlantedBug::Local);
-        local.chain(Fault::ALL.into_iter().map(PlantedBug::Dist)).collect()
+        local
+            .chain(Fault::ALL.into_iter().map(PlantedBug::Dist))
+            .collect()
     }
 
     /// Its command-line name.
@@ -109,13 +111,31 @@ pub fn models() -> Vec<(&'static str, Setup)> {
         ("local", Setup::Local(LocalConfig::ci())),
         ("local-large", Setup::Local(LocalConfig::large())),
         ("dist-sync", Setup::Dist(DistConfig::sync_ci())),
-        ("dist-sync-pipelined", Setup::Dist(DistConfig::sync_pipelined())),
-        ("dist-sync-overlapped", Setup::Dist(DistConfig::sync_overlapped())),
-        ("dist-sync-compressed", Setup::Dist(DistConfig::sync_compressed())),
+        (
+            "dist-sync-pipelined",
+            Setup::Dist(DistConfig::sync_pipelined()),
+        ),
+        (
+            "dist-sync-overlapped",
+            Setup::Dist(DistConfig::sync_overlapped()),
+        ),
+        (
+            "dist-sync-compressed",
+            Setup::Dist(DistConfig::sync_compressed()),
+        ),
         ("dist-async", Setup::Dist(DistConfig::async_ci())),
-        ("dist-rogue-init", Setup::Dist(DistConfig::sync_rogue_init())),
-        ("dist-crashed-worker", Setup::Dist(DistConfig::crashed_worker())),
-        ("dist-crashed-server", Setup::Dist(DistConfig::crashed_server())),
+        (
+            "dist-rogue-init",
+            Setup::Dist(DistConfig::sync_rogue_init()),
+        ),
+        (
+            "dist-crashed-worker",
+            Setup::Dist(DistConfig::crashed_worker()),
+        ),
+        (
+            "dist-crashed-server",
+            Setup::Dist(DistConfig::crashed_server()),
+        ),
         ("dist-sync-large", Setup::Dist(DistConfig::sync_large())),
     ]
 }
@@ -214,7 +234,10 @@ pub fn run_check(args: &CheckArgs, out: &mut dyn Write) -> Result<Vec<CheckRepor
             .into_iter()
             .filter(|(name, _)| !name.ends_with("-large"))
             .collect(),
-        (wanted, _) => models().into_iter().filter(|(name, _)| *name == wanted).collect(),
+        (wanted, _) => models()
+            .into_iter()
+            .filter(|(name, _)| *name == wanted)
+            .collect(),
     };
     if chosen.is_empty() {
         return Err(CheckError::Unknown(format!(
@@ -254,7 +277,11 @@ pub fn run_check(args: &CheckArgs, out: &mut dyn Write) -> Result<Vec<CheckRepor
     }
     let failures: Vec<String> = reports
         .iter()
-        .flat_map(|r| r.failures().into_iter().map(move |p| format!("{}: {p}", r.model)))
+        .flat_map(|r| {
+            r.failures()
+                .into_iter()
+                .map(move |p| format!("{}: {p}", r.model))
+        })
         .collect();
     match (bug, failures.is_empty()) {
         (None, false) => Err(CheckError::Failed(format!(
