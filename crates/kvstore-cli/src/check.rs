@@ -5,7 +5,7 @@ use clap::Args;
 use kvstore_dist::Fault;
 use kvstore_models::dist::DistConfig;
 use kvstore_models::local::{Fault as LocalFault, LocalConfig};
-use stateright::{Checker, Expectation, Model};
+use stateright::{Checker, Expectation, HasDiscoveries, Model};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::io::Write;
@@ -172,8 +172,10 @@ impl CheckReport {
     }
 }
 
-/// Checks every state of `model` (breadth first) and reports each property.
-pub fn check<M>(name: &str, model: M, threads: usize) -> CheckReport
+/// Checks every state of `model` (breadth first) and reports each property. With
+/// `stop_at_failure` the search ends at the first counterexample: a model with a planted bug can
+/// have a far larger (even unbounded) state space than the correct one.
+pub fn check<M>(name: &str, model: M, threads: usize, stop_at_failure: bool) -> CheckReport
 where
     M: Model + Send + Sync + 'static,
     M::State: Clone + Debug + Hash + PartialEq + Send + Sync + 'static,
@@ -185,7 +187,11 @@ where
         .map(|p| (p.name, p.expectation.clone()))
         .collect();
     let started = Instant::now();
-    let checker = model.checker().threads(threads.max(1)).spawn_bfs().join();
+    let mut builder = model.checker().threads(threads.max(1));
+    if stop_at_failure {
+        builder = builder.finish_when(HasDiscoveries::AnyFailures);
+    }
+    let checker = builder.spawn_bfs().join();
     let elapsed = started.elapsed();
     let properties = properties
         .into_iter()
@@ -321,7 +327,7 @@ where
             .serve(address.as_str());
         return Ok(None);
     }
-    Ok(Some(check(name, model, args.threads)))
+    Ok(Some(check(name, model, args.threads, args.fault.is_some())))
 }
 
 fn print_report(report: &CheckReport, out: &mut dyn Write) -> std::io::Result<()> {
