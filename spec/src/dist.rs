@@ -240,7 +240,7 @@ impl DistStore {
 
     fn unsupported(&self, op: &'static str) -> Error {
         Error::UnsupportedOperation {
-            op,
+            op: op.into(),
             kind: self.kind.name().into(),
         }
     }
@@ -293,7 +293,10 @@ impl DistStore {
         &self,
         per_worker: &'a [Vec<(Key, Value)>],
     ) -> Result<&'a [(Key, Value)]> {
-        let mismatch = |reason: String| Error::CollectiveMismatch { op: "init", reason };
+        let mismatch = |reason: String| Error::CollectiveMismatch {
+            op: "init".into(),
+            reason,
+        };
         if per_worker.len() != self.workers {
             return Err(mismatch(format!(
                 "{} workers took part, the store has {}",
@@ -763,7 +766,7 @@ mod tests {
         for per_worker in cases {
             let err = kv.init(&per_worker).unwrap_err();
             assert!(
-                matches!(err, Error::CollectiveMismatch { op: "init", .. }),
+                matches!(&err, Error::CollectiveMismatch { op, .. } if op == "init"),
                 "{err}"
             );
             assert_eq!(kv.observable(), before);

@@ -7,7 +7,7 @@ use crate::key::{Key, KeyType};
 use crate::value::{DType, Device, StorageType};
 
 /// The error type of every kvstore operation.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     // --- store kinds and capabilities ---
@@ -16,7 +16,7 @@ pub enum Error {
     UnsupportedKind { kind: String, reason: String },
     /// The operation is not available on this store kind.
     #[error("{op} is not supported by a '{kind}' store")]
-    UnsupportedOperation { op: &'static str, kind: String },
+    UnsupportedOperation { op: String, kind: String },
     /// A capability name that kvstore does not know.
     #[error("unknown capability '{name}'")]
     UnknownCapability { name: String },
@@ -151,7 +151,7 @@ pub enum Error {
     UnknownWorker { rank: usize, workers: usize },
     /// Workers disagree on a collective call.
     #[error("workers disagree in a collective {op}: {reason}")]
-    CollectiveMismatch { op: &'static str, reason: String },
+    CollectiveMismatch { op: String, reason: String },
     /// Rounds that cannot complete because some workers pushed fewer times than others.
     #[error("key {key}: round {round} is waiting for workers {missing:?}")]
     IncompleteRound {

@@ -140,7 +140,7 @@ impl LocalStore {
 
     fn unsupported(&self, op: &'static str) -> Error {
         Error::UnsupportedOperation {
-            op,
+            op: op.into(),
             kind: self.kind.name().into(),
         }
     }

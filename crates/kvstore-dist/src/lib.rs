@@ -43,10 +43,12 @@ mod layout;
 mod message;
 mod parts;
 mod server;
+pub mod wire;
 mod worker;
 
 pub use faults::{Fault, Faults};
 pub use layout::{Layout, Part, DEFAULT_BIG_ARRAY_BOUND};
 pub use message::{Payload, Reply, Request, RequestId};
 pub use server::{Outgoing, Server, ServerConfig};
+pub use wire::Message;
 pub use worker::{Completion, Effects, OpId, Outcome, Send, Worker, WorkerConfig};

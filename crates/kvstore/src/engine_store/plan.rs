@@ -213,7 +213,7 @@ impl Front {
 
     fn unsupported(&self, op: &'static str) -> Error {
         Error::UnsupportedOperation {
-            op,
+            op: op.into(),
             kind: self.kind.name().into(),
         }
     }

@@ -209,7 +209,7 @@ impl Replayer {
             Op::SetUpdater {
                 updater: UpdaterSpec::Custom,
             } => Err(Error::UnsupportedOperation {
-                op: "replaying a custom updater",
+                op: "replaying a custom updater".into(),
                 kind: kv.kind().to_owned(),
             }),
             Op::SaveOptimizerStates {
