@@ -1,0 +1,142 @@
+//! `kvstore-mpi-check [dist_sync|dist_async]`: run under mpirun; every worker pushes and pulls
+//! a fixed program and checks each pull bit for bit against the spec's `DistStore` run on the
+//! same contributions (R51, R52, R54, R63). Exit code 0 when every check passed.
+#![forbid(unsafe_code)]
+
+use kvstore_mpi::job::{launch, DistKv};
+use kvstore_mpi::Options;
+use kvstore_spec::dist::DistStore;
+use kvstore_spec::kind::Kind;
+use kvstore_spec::optimizer::{Optimizer, Sgd};
+use kvstore_spec::{Error, Key, Result, Tensor, Value};
+use std::process::ExitCode;
+
+const ROUNDS: usize = 3;
+
+fn keys() -> Vec<(Key, Vec<usize>)> {
+    vec![
+        (Key::Int(3), vec![2]),
+        (Key::Int(8), vec![5]),
+        (Key::Int(-5), vec![2, 2]),
+    ]
+}
+
+fn tensor(shape: &[usize], f: impl Fn(usize) -> f32) -> Result<Value> {
+    let n = shape.iter().product();
+    Ok(Value::Dense(Tensor::new(
+        shape.to_vec(),
+        (0..n).map(f).collect::<Vec<f32>>(),
+    )?))
+}
+
+/// Worker `rank`'s contribution to key `k` in `round`: distinct powers of two, so a sum tells
+/// which contributions it holds and f32 adds them exactly in any order.
+fn contribution(workers: usize, rank: usize, round: usize, k: usize) -> Result<(Key, Value)> {
+    let (key, shape) = keys().swap_remove(k);
+    let unit = 2.0_f32.powi((rank + workers * round) as i32);
+    Ok((key, tensor(&shape, |j| unit * (j + 1 + k) as f32)?))
+}
+
+fn init_values() -> Result<Vec<(Key, Value)>> {
+    keys()
+        .into_iter()
+        .map(|(key, shape)| Ok((key, tensor(&shape, |j| 0.5 * j as f32)?)))
+        .collect()
+}
+
+fn optimizer() -> Optimizer {
+    Optimizer::Sgd(Sgd {
+        learning_rate: 1.0,
+        ..Sgd::default()
+    })
+}
+
+/// The spec's values after `rounds` full rounds of every worker.
+fn spec_after(kind: &str, workers: usize, rounds: usize) -> Result<Vec<Value>> {
+    let mut spec = DistStore::new(Kind::parse(kind)?, workers)?;
+    spec.init(&vec![init_values()?; workers])?;
+    if kind == "dist_async" {
+        spec.set_optimizer(0, optimizer())?;
+    }
+    for round in 0..rounds {
+        for rank in 0..workers {
+            let pairs = (0..keys().len())
+                .map(|k| contribution(workers, rank, round, k))
+                .collect::<Result<Vec<_>>>()?;
+            spec.push(rank, &pairs)?;
+        }
+    }
+    keys()
+        .iter()
+        .map(|(key, _)| {
+            spec.value(key)
+                .cloned()
+                .ok_or_else(|| Error::NotInitialized { key: key.clone() })
+        })
+        .collect()
+}
+
+fn check(what: &str, got: &[Value], expected: &[Value]) -> Result<()> {
+    if got == expected {
+        return Ok(());
+    }
+    Err(Error::Protocol {
+        reason: format!("{what}: pulled {got:?}, the spec says {expected:?}"),
+    })
+}
+
+fn program(kv: &DistKv<'_>, kind: &str) -> Result<usize> {
+    let (rank, workers) = (kv.rank(), kv.num_workers());
+    let names: Vec<Key> = keys().into_iter().map(|(k, _)| k).collect();
+    kv.init(&init_values()?)?;
+    if kind == "dist_async" {
+        if rank == 0 {
+            kv.set_optimizer(&optimizer())?;
+        }
+        kv.barrier()?;
+    }
+    let mut checks = 0;
+    for round in 0..ROUNDS {
+        let pairs = (0..names.len())
+            .map(|k| contribution(workers, rank, round, k))
+            .collect::<Result<Vec<_>>>()?;
+        kv.push(&pairs)?;
+        let pulled = kv.pull(&names)?;
+        if kind == "dist_sync" {
+            check(
+                &format!("worker {rank}, round {round}"),
+                &pulled,
+                &spec_after(kind, workers, round + 1)?,
+            )?;
+            checks += 1;
+        }
+    }
+    kv.wait_all()?;
+    kv.barrier()?;
+    let last = kv.pull(&names)?;
+    check(
+        &format!("worker {rank}, the end"),
+        &last,
+        &spec_after(kind, workers, ROUNDS)?,
+    )?;
+    Ok(checks + 1)
+}
+
+fn main() -> ExitCode {
+    let kind = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "dist_sync".into());
+    match launch(&kind, &Options::from_env(), |kv| {
+        program(kv, &kind).map(|checks| (kv.rank(), checks))
+    }) {
+        Ok(Some((rank, checks))) => {
+            println!("worker {rank}: {checks} pulls equal the spec ({kind})");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

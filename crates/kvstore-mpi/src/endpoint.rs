@@ -1,0 +1,263 @@
+//! The protocol state machines behind a transport: bytes in from any rank, bytes out to a
+//! rank, and callers that block until their operation completes or the failure detector fires
+//! (R64). Nothing here knows MPI, so the endpoints run over channels in tests.
+
+use crate::roles::{Role, Roles};
+use kvstore_dist::wire::{self, Message};
+use kvstore_dist::{Completion, Effects, OpId, Outcome, Server, Worker};
+use kvstore_spec::{Error, Result};
+use std::collections::BTreeMap;
+use std::sync::mpsc::Sender;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// What an endpoint hands its transport.
+#[derive(Debug)]
+pub enum Packet {
+    /// Bytes for an MPI rank.
+    To(usize, Vec<u8>),
+}
+
+/// The first byte of every packet: protocol bytes, or a worker saying it is done.
+const DATA: u8 = 0;
+const STOP: u8 = 1;
+
+fn data(bytes: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    out.push(DATA);
+    out.extend_from_slice(&bytes);
+    out
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A worker's side: its state machine, the operations that completed, and a clock of the last
+/// reply heard.
+#[derive(Debug)]
+pub struct WorkerEndpoint {
+    roles: Roles,
+    timeout: Duration,
+    /// `None` once the worker stopped: the channel closes and the transport's sender ends.
+    outbox: Mutex<Option<Sender<Packet>>>,
+    core: Mutex<WorkerCore>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct WorkerCore {
+    worker: Worker,
+    done: BTreeMap<OpId, Result<Outcome>>,
+    last_heard: Instant,
+}
+
+impl WorkerEndpoint {
+    /// A worker endpoint; `timeout` is the failure detector's patience (R64).
+    pub fn new(roles: Roles, worker: Worker, timeout: Duration, outbox: Sender<Packet>) -> Self {
+        WorkerEndpoint {
+            roles,
+            timeout,
+            outbox: Mutex::new(Some(outbox)),
+            core: Mutex::new(WorkerCore {
+                worker,
+                done: BTreeMap::new(),
+                last_heard: Instant::now(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Issues an operation and returns its id without waiting.
+    pub fn issue(&self, call: impl FnOnce(&mut Worker) -> Result<(OpId, Effects)>) -> Result<OpId> {
+        let mut core = lock(&self.core);
+        let (op, effects) = call(&mut core.worker)?;
+        if !core.worker.is_waiting() {
+            core.last_heard = Instant::now();
+        }
+        self.apply(&mut core, effects)?;
+        Ok(op)
+    }
+
+    /// Blocks until `op` completes; fails every operation in flight with `PeerFailed` when no
+    /// reply arrives for the timeout.
+    pub fn wait(&self, op: OpId) -> Result<Outcome> {
+        let mut core = lock(&self.core);
+        loop {
+            if let Some(result) = core.done.remove(&op) {
+                return result;
+            }
+            let quiet = core.last_heard.elapsed();
+            if quiet >= self.timeout {
+                let effects = core.worker.expire();
+                self.apply(&mut core, effects)?;
+                continue;
+            }
+            let (next, _) = self
+                .changed
+                .wait_timeout(core, self.timeout - quiet)
+                .unwrap_or_else(PoisonError::into_inner);
+            core = next;
+        }
+    }
+
+    /// Blocks until no operation is in flight; returns the first failure among the operations
+    /// nobody waited for (pushes), in issue order.
+    pub fn wait_all(&self) -> Result<()> {
+        let mut core = lock(&self.core);
+        loop {
+            if !core.worker.is_waiting() {
+                let done = std::mem::take(&mut core.done);
+                return done.into_values().find_map(Result::err).map_or(Ok(()), Err);
+            }
+            let quiet = core.last_heard.elapsed();
+            if quiet >= self.timeout {
+                let effects = core.worker.expire();
+                self.apply(&mut core, effects)?;
+                continue;
+            }
+            let (next, _) = self
+                .changed
+                .wait_timeout(core, self.timeout - quiet)
+                .unwrap_or_else(PoisonError::into_inner);
+            core = next;
+        }
+    }
+
+    /// A packet from MPI rank `from`.
+    pub fn on_packet(&self, from: usize, bytes: &[u8]) -> Result<()> {
+        let Some((&DATA, body)) = bytes.split_first() else {
+            return Err(Error::Protocol {
+                reason: format!("worker got a non-data packet from rank {from}"),
+            });
+        };
+        let Role::Server(server) = self.roles.role(from) else {
+            return Err(Error::Protocol {
+                reason: format!("worker got a packet from worker rank {from}"),
+            });
+        };
+        let Message::Reply(reply) = wire::decode(body)? else {
+            return Err(Error::Protocol {
+                reason: format!("worker got a request from server {server}"),
+            });
+        };
+        let mut core = lock(&self.core);
+        core.last_heard = Instant::now();
+        let effects = core.worker.handle(server, reply)?;
+        self.apply(&mut core, effects)
+    }
+
+    /// Sends the requests, records the completions and wakes the waiters.
+    fn apply(&self, core: &mut WorkerCore, effects: Effects) -> Result<()> {
+        for send in effects.sends {
+            let bytes = wire::encode(&Message::Request(send.request))?;
+            let to = self.roles.server_rank(send.server);
+            self.post(to, data(bytes))?;
+        }
+        if !effects.completions.is_empty() {
+            for Completion { op, result } in effects.completions {
+                core.done.insert(op, result);
+            }
+            self.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Tells every server this worker is done (the servers exit once all workers are), then
+    /// closes the outbox; later calls fail.
+    pub fn stop(&self) -> Result<()> {
+        let result = (0..self.roles.servers())
+            .try_for_each(|s| self.post(self.roles.server_rank(s), vec![STOP]));
+        lock(&self.outbox).take();
+        result
+    }
+
+    fn post(&self, to: usize, bytes: Vec<u8>) -> Result<()> {
+        let closed = || Error::PeerFailed {
+            peer: "the transport".into(),
+            reason: "this worker has stopped".into(),
+        };
+        lock(&self.outbox)
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Packet::To(to, bytes))
+            .map_err(|_| closed())
+    }
+}
+
+/// A server's side: its state machine and the count of workers that said they are done.
+#[derive(Debug)]
+pub struct ServerEndpoint {
+    roles: Roles,
+    server: Server,
+    outbox: Sender<Packet>,
+    stopped: usize,
+}
+
+impl ServerEndpoint {
+    /// A server endpoint.
+    pub fn new(roles: Roles, server: Server, outbox: Sender<Packet>) -> Self {
+        ServerEndpoint {
+            roles,
+            server,
+            outbox,
+            stopped: 0,
+        }
+    }
+
+    /// Whether every worker said it is done.
+    pub fn finished(&self) -> bool {
+        self.stopped >= self.roles.workers()
+    }
+
+    /// Whether a request waits for other workers (the failure detector's timer runs).
+    pub fn is_waiting(&self) -> bool {
+        self.server.is_waiting()
+    }
+
+    /// A packet from MPI rank `from`; malformed packets are refused (R65) and change nothing.
+    pub fn on_packet(&mut self, from: usize, bytes: &[u8]) -> Result<()> {
+        let Role::Worker(worker) = self.roles.role(from) else {
+            return Err(Error::Protocol {
+                reason: format!("server got a packet from server rank {from}"),
+            });
+        };
+        match bytes.split_first() {
+            Some((&STOP, _)) => {
+                self.stopped += 1;
+                Ok(())
+            }
+            Some((&DATA, body)) => {
+                let Message::Request(request) = wire::decode(body)? else {
+                    return Err(Error::Protocol {
+                        reason: format!("server got a reply from worker {worker}"),
+                    });
+                };
+                let replies = self.server.handle(worker, request);
+                self.send(replies)
+            }
+            _ => Err(Error::Protocol {
+                reason: format!("server got an empty or unknown packet from rank {from}"),
+            }),
+        }
+    }
+
+    /// The failure detector fired (R64).
+    pub fn expire(&mut self) -> Result<()> {
+        let replies = self.server.expire();
+        self.send(replies)
+    }
+
+    fn send(&self, replies: Vec<kvstore_dist::Outgoing>) -> Result<()> {
+        for out in replies {
+            let bytes = wire::encode(&Message::Reply(out.reply))?;
+            self.outbox
+                .send(Packet::To(out.to, data(bytes)))
+                .map_err(|_| Error::PeerFailed {
+                    peer: "the transport".into(),
+                    reason: "its sending thread has stopped".into(),
+                })?;
+        }
+        Ok(())
+    }
+}

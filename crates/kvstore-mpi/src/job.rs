@@ -1,0 +1,254 @@
+//! An MPI job running kvstore's distributed mode: [`launch`] starts MPI, gives every worker
+//! rank a [`DistKv`] handle for the caller's body, and runs the server loop on the server ranks
+//! until every worker is done.
+//!
+//! Each process has two MPI threads besides the caller's: a receiver that only ever probes and
+//! receives, and a sender that only ever sends. Since every process always drains what arrives,
+//! a blocking send always completes and two processes sending large messages to each other
+//! cannot deadlock (MPI's rendezvous protocol would with one thread doing both).
+
+use crate::endpoint::{Packet, ServerEndpoint, WorkerEndpoint};
+use crate::roles::{Role, Roles};
+use crate::Options;
+use kvstore_dist::{Faults, Layout, Outcome, Server, ServerConfig, Worker, WorkerConfig};
+use kvstore_spec::codec::Compression;
+use kvstore_spec::kind::{Kind, StoreClass};
+use kvstore_spec::optimizer::Optimizer;
+use kvstore_spec::{Error, Key, Result, Value};
+use mpi::point_to_point::MatchedReceiveVec;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use mpi::Threading;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A worker's handle on the distributed store.
+#[derive(Debug)]
+pub struct DistKv<'a> {
+    endpoint: &'a WorkerEndpoint,
+    rank: usize,
+    workers: usize,
+}
+
+impl DistKv<'_> {
+    /// This worker's rank, in `0..num_workers()`.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of workers.
+    pub fn num_workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Collective init (R49): every worker calls it with the same keys; rank 0's values are
+    /// stored.
+    pub fn init(&self, pairs: &[(Key, Value)]) -> Result<()> {
+        let op = self.endpoint.issue(|w| w.init(pairs))?;
+        self.endpoint.wait(op).map(drop)
+    }
+
+    /// Pushes; returns once the requests are sent (a failure is reported by `wait_all`).
+    pub fn push(&self, pairs: &[(Key, Value)]) -> Result<()> {
+        self.endpoint.issue(|w| w.push(pairs)).map(drop)
+    }
+
+    /// Pulls every key, waiting for the round of this worker's last push (R52).
+    pub fn pull(&self, keys: &[Key]) -> Result<Vec<Value>> {
+        let op = self.endpoint.issue(|w| w.pull(keys))?;
+        match self.endpoint.wait(op)? {
+            Outcome::Values(values) => Ok(values),
+            Outcome::Done => Err(Error::Protocol {
+                reason: "a pull completed without values".into(),
+            }),
+        }
+    }
+
+    /// The global barrier across workers.
+    pub fn barrier(&self) -> Result<()> {
+        let op = self.endpoint.issue(|w| Ok(w.barrier()))?;
+        self.endpoint.wait(op).map(drop)
+    }
+
+    /// Installs an optimizer on every server (R57).
+    pub fn set_optimizer(&self, optimizer: &Optimizer) -> Result<()> {
+        let op = self.endpoint.issue(|w| w.set_optimizer(optimizer))?;
+        self.endpoint.wait(op).map(drop)
+    }
+
+    /// Compresses this worker's later pushes (R55).
+    pub fn set_gradient_compression(&self, compression: Compression) -> Result<()> {
+        self.endpoint.issue(|w| {
+            w.set_gradient_compression(compression);
+            Ok(w.barrier())
+        })?;
+        // The barrier above only gives the call an operation to return; wait for it so every
+        // worker switches before anyone pushes.
+        self.endpoint.wait_all()
+    }
+
+    /// Waits until nothing is in flight; the first failure of a push not yet reported.
+    pub fn wait_all(&self) -> Result<()> {
+        self.endpoint.wait_all()
+    }
+}
+
+/// Runs one MPI job: `body` on every worker rank (its result comes back as `Some`), the server
+/// loop on server ranks (`None`). `kind` is `dist_sync` or `dist_async`.
+pub fn launch<T>(
+    kind: &str,
+    options: &Options,
+    body: impl FnOnce(&DistKv<'_>) -> Result<T>,
+) -> Result<Option<T>> {
+    let kind = Kind::parse(kind)?;
+    if kind.class() != StoreClass::Dist {
+        return Err(Error::UnsupportedKind {
+            kind: kind.name().into(),
+            reason: "an MPI job runs the dist kinds".into(),
+        });
+    }
+    let unavailable = |reason: &str| Error::UnsupportedKind {
+        kind: kind.name().into(),
+        reason: reason.into(),
+    };
+    let (universe, level) = mpi::initialize_with_threading(Threading::Multiple)
+        .ok_or_else(|| unavailable("MPI is already initialised in this process"))?;
+    if level != Threading::Multiple {
+        return Err(unavailable(
+            "this MPI library does not support MPI_THREAD_MULTIPLE",
+        ));
+    }
+    let world = universe.world();
+    let rank = usize::try_from(world.rank()).unwrap_or(0);
+    let size = usize::try_from(world.size()).unwrap_or(0);
+    let roles = Roles::from_env(size)?;
+    let layout = Layout::new(roles.servers(), options.big_array_bound)?;
+    let (outbox, packets) = mpsc::channel::<Packet>();
+    let running = AtomicBool::new(true);
+    let role = roles.role(rank);
+    let worker = match role {
+        Role::Worker(w) => Some(WorkerEndpoint::new(
+            roles,
+            Worker::new(WorkerConfig {
+                rank: w,
+                workers: roles.workers(),
+                layout,
+                faults: Faults::NONE,
+            }),
+            options.timeout,
+            outbox.clone(),
+        )),
+        Role::Server(_) => None,
+    };
+    let result = std::thread::scope(|scope| {
+        scope.spawn(move || send_loop(packets));
+        match (role, &worker) {
+            (Role::Worker(w), Some(endpoint)) => {
+                drop(outbox);
+                let running = &running;
+                scope.spawn(move || {
+                    receive_loop(running, |from, bytes| {
+                        if let Err(e) = endpoint.on_packet(from, bytes) {
+                            eprintln!("kvstore worker {w}: refused a packet from rank {from}: {e}");
+                        }
+                    })
+                });
+                let kv = DistKv {
+                    endpoint,
+                    rank: w,
+                    workers: roles.workers(),
+                };
+                let result = body(&kv);
+                // Always stop, so the servers exit and the sender (whose last outbox `stop`
+                // drops) drains and ends, even when the body failed.
+                let finished = endpoint.wait_all();
+                let stopped = endpoint.stop();
+                running.store(false, Ordering::Release);
+                let value = result?;
+                finished?;
+                stopped.map(|()| Some(value))
+            }
+            (role, _) => {
+                let index = match role {
+                    Role::Server(s) => s,
+                    Role::Worker(w) => w,
+                };
+                let server = Server::new(ServerConfig {
+                    index,
+                    workers: roles.workers(),
+                    sync: kind.is_sync(),
+                    faults: Faults::NONE,
+                });
+                let mut endpoint = ServerEndpoint::new(roles, server, outbox);
+                serve(&mut endpoint, options.timeout, index);
+                // Dropping the endpoint drops the last outbox: the sender drains and ends.
+                drop(endpoint);
+                Ok(None)
+            }
+        }
+    });
+    drop(universe);
+    result
+}
+
+/// Sends every packet, in order, until every sender of the channel is gone.
+fn send_loop(packets: mpsc::Receiver<Packet>) {
+    let world = SimpleCommunicator::world();
+    for Packet::To(to, bytes) in packets {
+        let Ok(to) = i32::try_from(to) else { continue };
+        world.process_at_rank(to).send(&bytes[..]);
+    }
+}
+
+/// Receives packets and hands them to `deliver` while `running`.
+fn receive_loop(running: &AtomicBool, mut deliver: impl FnMut(usize, &[u8])) {
+    let world = SimpleCommunicator::world();
+    let mut idle = Duration::from_micros(1);
+    while running.load(Ordering::Acquire) {
+        match world.any_process().immediate_matched_probe() {
+            Some(probed) => {
+                let (bytes, status) = probed.matched_receive_vec::<u8>();
+                let from = usize::try_from(status.source_rank()).unwrap_or(usize::MAX);
+                deliver(from, &bytes);
+                idle = Duration::from_micros(1);
+            }
+            None => {
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(Duration::from_micros(200));
+            }
+        }
+    }
+}
+
+/// The server loop: until every worker said it is done; the failure detector fires when a
+/// request has waited `timeout` with nothing arriving (R64).
+fn serve(endpoint: &mut ServerEndpoint, timeout: Duration, index: usize) {
+    let running = AtomicBool::new(true);
+    let mut last_heard = Instant::now();
+    let world = SimpleCommunicator::world();
+    let mut idle = Duration::from_micros(1);
+    while running.load(Ordering::Acquire) && !endpoint.finished() {
+        match world.any_process().immediate_matched_probe() {
+            Some(probed) => {
+                let (bytes, status) = probed.matched_receive_vec::<u8>();
+                let from = usize::try_from(status.source_rank()).unwrap_or(usize::MAX);
+                if let Err(e) = endpoint.on_packet(from, &bytes) {
+                    eprintln!("kvstore server {index}: refused a packet from rank {from}: {e}");
+                }
+                last_heard = Instant::now();
+                idle = Duration::from_micros(1);
+            }
+            None => {
+                if endpoint.is_waiting() && last_heard.elapsed() >= timeout {
+                    if let Err(e) = endpoint.expire() {
+                        eprintln!("kvstore server {index}: {e}");
+                    }
+                    last_heard = Instant::now();
+                }
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(Duration::from_micros(200));
+            }
+        }
+    }
+}

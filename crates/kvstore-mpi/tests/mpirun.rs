@@ -1,0 +1,77 @@
+//! The MPI transport end to end: `mpirun` jobs of 2 workers + 1 server and 3 workers + 2
+//! servers run `kvstore-mpi-check`, whose every pull must equal the spec's `DistStore` bit for
+//! bit (R51, R52, R54, R63). Needs the `mpi` feature and OpenMPI's `mpirun`; without `mpirun`
+//! each test says so and passes nothing off as checked.
+#![cfg(feature = "mpi")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn mpirun_available() -> bool {
+    Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs the check program in a job of `processes` ranks of which `servers` are servers.
+fn job(processes: usize, servers: usize, kind: &str) {
+    if !mpirun_available() {
+        println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
+        return;
+    }
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "mpirun",
+            "--oversubscribe",
+            "-n",
+            &processes.to_string(),
+        ])
+        .arg(env!("CARGO_BIN_EXE_kvstore-mpi-check"))
+        .arg(kind)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("KVSTORE_NUM_SERVERS", servers.to_string())
+        // Small, so the 5-element key is sliced across the servers (R63).
+        .env("KVSTORE_BIG_ARRAY_BOUND", "3")
+        .env("KVSTORE_TIMEOUT_MS", "30000")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{kind} on {processes} ranks failed:\n{stdout}\n{stderr}"
+    );
+    let workers = processes - servers;
+    let ok = stdout.matches("pulls equal the spec").count();
+    assert_eq!(ok, workers, "{stdout}\n{stderr}");
+    println!(
+        "{kind}, {workers} workers + {servers} servers: {:.2?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+#[test]
+fn r51_dist_sync_two_workers_one_server() {
+    job(3, 1, "dist_sync");
+}
+
+#[test]
+fn r63_dist_sync_three_workers_two_servers_with_a_sliced_key() {
+    job(5, 2, "dist_sync");
+}
+
+#[test]
+fn r54_dist_async_two_workers_one_server() {
+    job(3, 1, "dist_async");
+}
+
+#[test]
+fn r54_dist_async_three_workers_two_servers() {
+    job(5, 2, "dist_async");
+}
