@@ -9,6 +9,9 @@ pub fn slice(key: &Key, value: &Value, range: Range<usize>) -> Result<Value> {
     let Value::Dense(tensor) = value else {
         return Ok(value.clone().on(Device::Cpu(0)));
     };
+    if let Some(part) = tensor.f32s().and_then(|xs| xs.get(range.clone())) {
+        return Ok(Value::Dense(Tensor::new([range.len()], part.to_vec())?));
+    }
     let data = tensor
         .data()
         .get_f64(range.clone())
@@ -29,6 +32,20 @@ pub fn assemble(key: &Key, shape: &[usize], parts: Vec<Value>) -> Result<Value> 
         return parts.into_iter().next().ok_or_else(|| Error::Protocol {
             reason: format!("key {key}: no part arrived"),
         });
+    }
+    if let Some(f32s) = parts
+        .iter()
+        .map(|p| match p {
+            Value::Dense(t) => t.f32s(),
+            Value::RowSparse(_) => None,
+        })
+        .collect::<Option<Vec<&[f32]>>>()
+    {
+        // The common case without a round trip through f64.
+        let tensor = Tensor::new(shape.to_vec(), f32s.concat()).map_err(|e| Error::Protocol {
+            reason: format!("key {key}: parts do not tile shape {shape:?}: {e}"),
+        })?;
+        return Ok(Value::Dense(tensor));
     }
     let mut elements = Vec::new();
     let mut dtype = None;
@@ -55,4 +72,25 @@ pub fn assemble(key: &Key, shape: &[usize], parts: Vec<Value>) -> Result<Value> 
         }
     })?;
     Ok(Value::Dense(tensor))
+}
+
+/// The elementwise sum of `values` in list order (R17): the CPU kernel for dense f32 values
+/// (bit-exact with the spec, proptested in kvstore-cpu), the spec's own sum otherwise.
+pub fn sum(key: &Key, values: &[Value], dtype: kvstore_spec::DType) -> Result<Value> {
+    let dense: Option<Vec<&[f32]>> = values
+        .iter()
+        .map(|v| match v {
+            Value::Dense(t) if dtype == kvstore_spec::DType::F32 => t.f32s(),
+            _ => None,
+        })
+        .collect();
+    if let (Some(inputs), Some(Value::Dense(first))) = (dense, values.first()) {
+        let mut out = vec![0.0_f32; first.data().len()];
+        if kvstore_cpu::sum_into(&mut out, &inputs).is_ok() {
+            let tensor = Tensor::new(first.shape().to_vec(), out)?.on(first.device());
+            return Ok(Value::Dense(tensor));
+        }
+    }
+    kvstore_spec::reduce::sum(values, dtype)?
+        .ok_or_else(|| Error::EmptyValueList { key: key.clone() })
 }

@@ -9,7 +9,7 @@ use crate::message::{Payload, Reply, Request, RequestId};
 use kvstore_spec::optimizer::{Optimizer, OptimizerUpdater};
 use kvstore_spec::updater::UpdaterSlot;
 use kvstore_spec::value::{Data, Tensor};
-use kvstore_spec::{reduce, Device, Error, Key, Result, Value};
+use kvstore_spec::{Device, Error, Key, Result, Value};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A reply and the worker it goes to.
@@ -295,8 +295,7 @@ impl Server {
             .filter_map(|&(w, i)| slot.queues.get(w).and_then(|q| q.get(i)))
             .map(|q| q.value.clone())
             .collect();
-        let sum = reduce::sum(&contributions, slot.value.dtype())?
-            .ok_or_else(|| Error::EmptyValueList { key: key.clone() })?;
+        let sum = crate::parts::sum(key, &contributions, slot.value.dtype())?;
         let (next, optimizer) = apply(key, &slot.value, slot.optimizer.as_ref(), sum)?;
         // Commit: nothing below can fail.
         let mut out = Vec::new();

@@ -13,7 +13,7 @@ use crate::parts;
 use kvstore_spec::codec::Compression;
 use kvstore_spec::optimizer::Optimizer;
 use kvstore_spec::value::StorageType;
-use kvstore_spec::{reduce, transfer, DType, Error, Key, Result, Value};
+use kvstore_spec::{transfer, DType, Error, Key, Result, Value};
 use std::collections::BTreeMap;
 
 /// An operation's id, unique per worker.
@@ -219,9 +219,7 @@ impl Worker {
         let mut payloads = Vec::new();
         for (key, values) in &groups {
             let meta = self.meta(key)?;
-            let merged = reduce::sum(values, meta.dtype)?.ok_or_else(|| Error::EmptyValueList {
-                key: (*key).clone(),
-            })?;
+            let merged = parts::sum(key, values, meta.dtype)?;
             for (index, part) in meta.parts.iter().enumerate() {
                 let plain = parts::slice(key, &merged, part.range.clone())?;
                 let payload = match self.compression {

@@ -1,6 +1,10 @@
 //! `kvstore-mpi-check [dist_sync|dist_async]`: run under mpirun; every worker pushes and pulls
 //! a fixed program and checks each pull bit for bit against the spec's `DistStore` run on the
 //! same contributions (R51, R52, R54, R63). Exit code 0 when every check passed.
+//!
+//! `kvstore-mpi-check bench [ELEMENTS] [ITERATIONS]`: dist_sync push + pull of one dense f32
+//! key per worker (default 4 Mi elements, 20 iterations); worker 0 prints the median and the
+//! fastest iteration.
 #![forbid(unsafe_code)]
 
 use kvstore_mpi::job::{launch, DistKv};
@@ -122,10 +126,54 @@ fn program(kv: &DistKv<'_>, kind: &str) -> Result<usize> {
     Ok(checks + 1)
 }
 
+/// Times push + pull of one key; returns (median, fastest) seconds per iteration.
+fn bench(kv: &DistKv<'_>, elements: usize, iterations: usize) -> Result<(f64, f64)> {
+    let key = Key::Int(0);
+    kv.init(&[(key.clone(), tensor(&[elements], |_| 0.0)?)])?;
+    let grad = tensor(&[elements], |j| (j % 7) as f32 * 0.25)?;
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations.max(1) {
+        kv.barrier()?;
+        let started = std::time::Instant::now();
+        kv.push(&[(key.clone(), grad.clone())])?;
+        let pulled = kv.pull(std::slice::from_ref(&key))?;
+        times.push(started.elapsed().as_secs_f64());
+        drop(pulled);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0]))
+}
+
 fn main() -> ExitCode {
     let kind = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "dist_sync".into());
+    if kind == "bench" {
+        let number = |i: usize, default: usize| {
+            std::env::args()
+                .nth(i)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(default)
+        };
+        let (elements, iterations) = (number(2, 4 << 20), number(3, 20));
+        return match launch("dist_sync", &Options::from_env(), |kv| {
+            bench(kv, elements, iterations).map(|t| (kv.rank(), kv.num_workers(), t))
+        }) {
+            Ok(Some((0, workers, (median, fastest)))) => {
+                println!(
+                    "push+pull of {elements} f32, {workers} workers: median {:.2} ms, fastest {:.2} ms",
+                    median * 1e3,
+                    fastest * 1e3
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match launch(&kind, &Options::from_env(), |kv| {
         program(kv, &kind).map(|checks| (kv.rank(), checks))
     }) {
