@@ -53,7 +53,7 @@ fn main() {
         }
     }
     let t = Instant::now();
-    let (_, fx) = worker.pull(&[key.clone()]).unwrap();
+    let (_, fx) = worker.pull(std::slice::from_ref(&key)).unwrap();
     for s in fx.sends {
         let out = server.handle(0, s.request);
         println!("server.handle pull {:?}", t.elapsed());
