@@ -244,13 +244,20 @@ pub fn decode(bytes: &[u8]) -> Result<Message> {
     Ok(message)
 }
 
-/// A value's elements as little-endian bytes.
+/// A value's elements as little-endian bytes, written into one buffer sized up front.
 fn data_bytes(data: &Data) -> Vec<u8> {
+    fn bytes<const W: usize, T: Copy>(xs: &[T], le: impl Fn(T) -> [u8; W]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(xs.len() * W);
+        for &x in xs {
+            out.extend_from_slice(&le(x));
+        }
+        out
+    }
     match data {
-        Data::F32(xs) => xs.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Data::F16(xs) => xs.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Data::BF16(xs) => xs.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Data::F64(xs) => xs.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::F32(xs) => bytes(xs, f32::to_le_bytes),
+        Data::F16(xs) => bytes(xs, half::f16::to_le_bytes),
+        Data::BF16(xs) => bytes(xs, half::bf16::to_le_bytes),
+        Data::F64(xs) => bytes(xs, f64::to_le_bytes),
     }
 }
 
