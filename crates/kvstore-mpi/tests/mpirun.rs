@@ -75,3 +75,8 @@ fn r54_dist_async_two_workers_one_server() {
 fn r54_dist_async_three_workers_two_servers() {
     job(5, 2, "dist_async");
 }
+
+#[test]
+fn r55_dist_sync_compressed_three_workers_two_servers() {
+    job(5, 2, "dist_sync_2bit");
+}

@@ -1,4 +1,4 @@
-//! `kvstore-mpi-check [dist_sync|dist_async]`: run under mpirun; every worker pushes and pulls
+//! `kvstore-mpi-check [dist_sync|dist_async|dist_sync_2bit]`: run under mpirun; every worker pushes and pulls
 //! a fixed program and checks each pull bit for bit against the spec's `DistStore` run on the
 //! same contributions (R51, R52, R54, R63). Exit code 0 when every check passed.
 //!
@@ -9,6 +9,7 @@
 
 use kvstore_mpi::job::{launch, DistKv};
 use kvstore_mpi::Options;
+use kvstore_spec::codec::{Compression, CompressionType};
 use kvstore_spec::dist::DistStore;
 use kvstore_spec::kind::Kind;
 use kvstore_spec::optimizer::{Optimizer, Sgd};
@@ -35,10 +36,38 @@ fn tensor(shape: &[usize], f: impl Fn(usize) -> f32) -> Result<Value> {
 
 /// Worker `rank`'s contribution to key `k` in `round`: distinct powers of two, so a sum tells
 /// which contributions it holds and f32 adds them exactly in any order.
-fn contribution(workers: usize, rank: usize, round: usize, k: usize) -> Result<(Key, Value)> {
+fn contribution(
+    kind: &str,
+    workers: usize,
+    rank: usize,
+    round: usize,
+    k: usize,
+) -> Result<(Key, Value)> {
     let (key, shape) = keys().swap_remove(k);
+    if compressed(kind) {
+        // Below and above the threshold, so the residuals carry over between rounds (R55).
+        let step = 0.125 * round as f32;
+        return Ok((
+            key,
+            tensor(&shape, |j| 0.25 * (1 + rank + j) as f32 + step)?,
+        ));
+    }
     let unit = 2.0_f32.powi((rank + workers * round) as i32);
     Ok((key, tensor(&shape, |j| unit * (j + 1 + k) as f32)?))
+}
+
+/// `dist_sync_2bit`: dist_sync with 2-bit compression at threshold 0.5.
+fn compressed(kind: &str) -> bool {
+    kind.ends_with("_2bit")
+}
+
+fn two_bit() -> Result<Compression> {
+    Compression::new(CompressionType::TwoBit, 0.5)
+}
+
+/// The store kind of a mode name.
+fn store_kind(kind: &str) -> &str {
+    kind.trim_end_matches("_2bit")
 }
 
 fn init_values() -> Result<Vec<(Key, Value)>> {
@@ -57,15 +86,18 @@ fn optimizer() -> Optimizer {
 
 /// The spec's values after `rounds` full rounds of every worker.
 fn spec_after(kind: &str, workers: usize, rounds: usize) -> Result<Vec<Value>> {
-    let mut spec = DistStore::new(Kind::parse(kind)?, workers)?;
+    let mut spec = DistStore::new(Kind::parse(store_kind(kind))?, workers)?;
     spec.init(&vec![init_values()?; workers])?;
+    if compressed(kind) {
+        spec.set_gradient_compression(two_bit()?)?;
+    }
     if kind == "dist_async" {
         spec.set_optimizer(0, optimizer())?;
     }
     for round in 0..rounds {
         for rank in 0..workers {
             let pairs = (0..keys().len())
-                .map(|k| contribution(workers, rank, round, k))
+                .map(|k| contribution(kind, workers, rank, round, k))
                 .collect::<Result<Vec<_>>>()?;
             spec.push(rank, &pairs)?;
         }
@@ -93,6 +125,9 @@ fn program(kv: &DistKv<'_>, kind: &str) -> Result<usize> {
     let (rank, workers) = (kv.rank(), kv.num_workers());
     let names: Vec<Key> = keys().into_iter().map(|(k, _)| k).collect();
     kv.init(&init_values()?)?;
+    if compressed(kind) {
+        kv.set_gradient_compression(two_bit()?)?;
+    }
     if kind == "dist_async" {
         if rank == 0 {
             kv.set_optimizer(&optimizer())?;
@@ -102,11 +137,11 @@ fn program(kv: &DistKv<'_>, kind: &str) -> Result<usize> {
     let mut checks = 0;
     for round in 0..ROUNDS {
         let pairs = (0..names.len())
-            .map(|k| contribution(workers, rank, round, k))
+            .map(|k| contribution(kind, workers, rank, round, k))
             .collect::<Result<Vec<_>>>()?;
         kv.push(&pairs)?;
         let pulled = kv.pull(&names)?;
-        if kind == "dist_sync" {
+        if store_kind(kind) == "dist_sync" {
             check(
                 &format!("worker {rank}, round {round}"),
                 &pulled,
@@ -174,7 +209,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match launch(&kind, &Options::from_env(), |kv| {
+    match launch(store_kind(&kind), &Options::from_env(), |kv| {
         program(kv, &kind).map(|checks| (kv.rank(), checks))
     }) {
         Ok(Some((rank, checks))) => {
