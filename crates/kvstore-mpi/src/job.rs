@@ -188,7 +188,14 @@ pub fn launch<T>(
             }
         }
     });
-    drop(universe);
+    if result.is_ok() {
+        drop(universe);
+    } else {
+        // MPI_Finalize waits for every process, and a failed job has one that will never
+        // come. Leaving without it hands the caller its error at once; mpirun then ends the
+        // job (R64: an error, never a hang).
+        std::mem::forget(universe);
+    }
     result
 }
 
@@ -221,9 +228,12 @@ fn receive_loop(running: &AtomicBool, mut deliver: impl FnMut(usize, &[u8])) {
     }
 }
 
-/// The server loop: until every worker said it is done; the failure detector fires when a
-/// request has waited `timeout` with nothing arriving (R64).
+/// The server loop: until every worker said it is done. The failure detector fires when a
+/// request has waited half the timeout with nothing arriving (R64): servers know which workers
+/// a round waits for, so their diagnosis should reach the live workers before the workers' own
+/// detectors (the full timeout) give the vaguer "no reply".
 fn serve(endpoint: &mut ServerEndpoint, timeout: Duration, index: usize) {
+    let timeout = timeout / 2;
     let running = AtomicBool::new(true);
     let mut last_heard = Instant::now();
     let world = SimpleCommunicator::world();

@@ -15,14 +15,14 @@ fn mpirun_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Runs the check program in a job of `processes` ranks of which `servers` are servers.
-fn job(processes: usize, servers: usize, kind: &str) {
-    if !mpirun_available() {
-        println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
-        return;
-    }
-    let started = Instant::now();
-    let out = Command::new("timeout")
+fn mpirun(
+    processes: usize,
+    servers: usize,
+    kind: &str,
+    extra: &[(&str, &str)],
+) -> std::process::Output {
+    let mut command = Command::new("timeout");
+    command
         .args([
             "120",
             "mpirun",
@@ -37,9 +37,21 @@ fn job(processes: usize, servers: usize, kind: &str) {
         .env("KVSTORE_NUM_SERVERS", servers.to_string())
         // Small, so the 5-element key is sliced across the servers (R63).
         .env("KVSTORE_BIG_ARRAY_BOUND", "3")
-        .env("KVSTORE_TIMEOUT_MS", "30000")
-        .output()
-        .unwrap();
+        .env("KVSTORE_TIMEOUT_MS", "30000");
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+/// Runs the check program in a job of `processes` ranks of which `servers` are servers.
+fn job(processes: usize, servers: usize, kind: &str) {
+    if !mpirun_available() {
+        println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
+        return;
+    }
+    let started = Instant::now();
+    let out = mpirun(processes, servers, kind, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -79,4 +91,44 @@ fn r54_dist_async_three_workers_two_servers() {
 #[test]
 fn r55_dist_sync_compressed_three_workers_two_servers() {
     job(5, 2, "dist_sync_2bit");
+}
+
+#[test]
+fn r64_a_worker_that_stops_answering_makes_the_others_fail_naming_it() {
+    if !mpirun_available() {
+        println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
+        return;
+    }
+    let started = Instant::now();
+    let drill = [
+        ("KVSTORE_CHECK_HANG_WORKER", "1"),
+        ("KVSTORE_TIMEOUT_MS", "3000"),
+    ];
+    let out = mpirun(4, 1, "dist_sync", &drill);
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // The server's detector (half the timeout) names the silent worker to the live ones.
+    assert!(stderr.contains("did not answer in time"), "{stderr}");
+    assert!(stderr.contains("workers [1]"), "{stderr}");
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:.2?}");
+    println!("hung worker reported in {elapsed:.2?}");
+}
+
+#[test]
+fn r64_a_worker_that_dies_ends_the_job_instead_of_hanging_it() {
+    if !mpirun_available() {
+        println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
+        return;
+    }
+    let started = Instant::now();
+    let drill = [
+        ("KVSTORE_CHECK_KILL_WORKER", "1"),
+        ("KVSTORE_TIMEOUT_MS", "3000"),
+    ];
+    let out = mpirun(3, 1, "dist_sync", &drill);
+    let elapsed = started.elapsed();
+    assert!(!out.status.success());
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:.2?}");
+    println!("dead worker ended the job in {elapsed:.2?}");
 }

@@ -125,6 +125,23 @@ fn program(kv: &DistKv<'_>, kind: &str) -> Result<usize> {
     let (rank, workers) = (kv.rank(), kv.num_workers());
     let names: Vec<Key> = keys().into_iter().map(|(k, _)| k).collect();
     kv.init(&init_values()?)?;
+    // Failure drills (R64): one worker stops answering, or dies, right after init.
+    let drill = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            == Some(rank)
+    };
+    if drill("KVSTORE_CHECK_HANG_WORKER") {
+        eprintln!("worker {rank}: hanging on purpose");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    if drill("KVSTORE_CHECK_KILL_WORKER") {
+        eprintln!("worker {rank}: dying on purpose");
+        std::process::exit(3);
+    }
     if compressed(kind) {
         kv.set_gradient_compression(two_bit()?)?;
     }
