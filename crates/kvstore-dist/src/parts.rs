@@ -75,8 +75,14 @@ pub fn assemble(key: &Key, shape: &[usize], parts: Vec<Value>) -> Result<Value> 
 }
 
 /// The elementwise sum of `values` in list order (R17): the CPU kernel for dense f32 values
-/// (bit-exact with the spec, proptested in kvstore-cpu), the spec's own sum otherwise.
-pub fn sum(key: &Key, values: &[Value], dtype: kvstore_spec::DType) -> Result<Value> {
+/// (bit-exact with the spec, proptested in kvstore-cpu), the spec's own sum otherwise. A single
+/// value comes back as it is, without a copy.
+pub fn sum<'v>(
+    key: &Key,
+    values: &[&'v Value],
+    dtype: kvstore_spec::DType,
+) -> Result<std::borrow::Cow<'v, Value>> {
+    use std::borrow::Cow;
     let dense: Option<Vec<&[f32]>> = values
         .iter()
         .map(|v| match v {
@@ -87,15 +93,17 @@ pub fn sum(key: &Key, values: &[Value], dtype: kvstore_spec::DType) -> Result<Va
     if let (Some(_), [single]) = (&dense, values) {
         // A one-value sum is a copy (only a signalling NaN's payload could differ, and every
         // NaN equals every NaN, R60).
-        return Ok(single.clone());
+        return Ok(Cow::Borrowed(*single));
     }
     if let (Some(inputs), Some(Value::Dense(first))) = (dense, values.first()) {
         let mut out = vec![0.0_f32; first.data().len()];
         if kvstore_cpu::sum_into(&mut out, &inputs).is_ok() {
             let tensor = Tensor::new(first.shape().to_vec(), out)?.on(first.device());
-            return Ok(Value::Dense(tensor));
+            return Ok(Cow::Owned(Value::Dense(tensor)));
         }
     }
-    kvstore_spec::reduce::sum(values, dtype)?
+    let owned: Vec<Value> = values.iter().map(|v| (*v).clone()).collect();
+    kvstore_spec::reduce::sum(&owned, dtype)?
+        .map(Cow::Owned)
         .ok_or_else(|| Error::EmptyValueList { key: key.clone() })
 }

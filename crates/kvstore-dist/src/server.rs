@@ -290,12 +290,12 @@ impl Server {
         let Some(taken) = taken else {
             return Ok(None);
         };
-        let contributions: Vec<Value> = taken
+        let contributions: Vec<&Value> = taken
             .iter()
             .filter_map(|&(w, i)| slot.queues.get(w).and_then(|q| q.get(i)))
-            .map(|q| q.value.clone())
+            .map(|q| &q.value)
             .collect();
-        let sum = crate::parts::sum(key, &contributions, slot.value.dtype())?;
+        let sum = crate::parts::sum(key, &contributions, slot.value.dtype())?.into_owned();
         let (next, optimizer) = apply(key, &slot.value, slot.optimizer.as_ref(), sum)?;
         // Commit: nothing below can fail.
         let mut out = Vec::new();

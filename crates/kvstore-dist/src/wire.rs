@@ -82,6 +82,11 @@ enum Skeleton {
 
 /// The message as bytes.
 pub fn encode(message: &Message) -> Result<Vec<u8>> {
+    encode_after(&[], message)
+}
+
+/// `prefix` (a transport's own header) followed by the message's bytes, in one buffer.
+pub fn encode_after(prefix: &[u8], message: &Message) -> Result<Vec<u8>> {
     let mut blobs: Vec<Vec<u8>> = Vec::new();
     let mut head = |value: &Value| -> ValueHead {
         let (ids, data) = match value {
@@ -149,8 +154,9 @@ pub fn encode(message: &Message) -> Result<Vec<u8>> {
     let length = u32::try_from(skeleton.len()).map_err(|_| Error::Protocol {
         reason: "a message skeleton over 4 GiB".into(),
     })?;
-    let total = 4 + skeleton.len() + blobs.iter().map(Vec::len).sum::<usize>();
+    let total = prefix.len() + 4 + skeleton.len() + blobs.iter().map(Vec::len).sum::<usize>();
     let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(prefix);
     out.extend_from_slice(&length.to_le_bytes());
     out.extend_from_slice(&skeleton);
     for blob in blobs {

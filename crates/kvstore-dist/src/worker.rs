@@ -201,9 +201,9 @@ impl Worker {
     /// Pushes (R51, R54, R55): per key (key order), the worker's own values are summed in the
     /// key's dtype, quantised when compression is on, and sent part by part.
     pub fn push(&mut self, pairs: &[(Key, Value)]) -> Result<(OpId, Effects)> {
-        let mut groups: BTreeMap<&Key, Vec<Value>> = BTreeMap::new();
+        let mut groups: BTreeMap<&Key, Vec<&Value>> = BTreeMap::new();
         for (key, value) in pairs {
-            groups.entry(key).or_default().push(value.clone());
+            groups.entry(key).or_default().push(value);
         }
         // Every argument is checked before any residual moves (R59).
         for (key, values) in &groups {

@@ -22,11 +22,9 @@ pub enum Packet {
 const DATA: u8 = 0;
 const STOP: u8 = 1;
 
-fn data(bytes: Vec<u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + 1);
-    out.push(DATA);
-    out.extend_from_slice(&bytes);
-    out
+/// A protocol message framed as a data packet.
+fn data(message: &Message) -> Result<Vec<u8>> {
+    wire::encode_after(&[DATA], message)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,9 +148,8 @@ impl WorkerEndpoint {
     /// Sends the requests, records the completions and wakes the waiters.
     fn apply(&self, core: &mut WorkerCore, effects: Effects) -> Result<()> {
         for send in effects.sends {
-            let bytes = wire::encode(&Message::Request(send.request))?;
-            let to = self.roles.server_rank(send.server);
-            self.post(to, data(bytes))?;
+            let bytes = data(&Message::Request(send.request))?;
+            self.post(self.roles.server_rank(send.server), bytes)?;
         }
         if !effects.completions.is_empty() {
             for Completion { op, result } in effects.completions {
@@ -250,9 +247,9 @@ impl ServerEndpoint {
 
     fn send(&self, replies: Vec<kvstore_dist::Outgoing>) -> Result<()> {
         for out in replies {
-            let bytes = wire::encode(&Message::Reply(out.reply))?;
+            let bytes = data(&Message::Reply(out.reply))?;
             self.outbox
-                .send(Packet::To(out.to, data(bytes)))
+                .send(Packet::To(out.to, bytes))
                 .map_err(|_| Error::PeerFailed {
                     peer: "the transport".into(),
                     reason: "its sending thread has stopped".into(),
