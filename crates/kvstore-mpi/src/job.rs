@@ -65,6 +65,15 @@ impl DistKv<'_> {
         }
     }
 
+    /// Pushes, then pulls the same keys: the values of the round this push belongs to (R34,
+    /// R52).
+    pub fn pushpull(&self, pairs: &[(Key, Value)]) -> Result<Vec<Value>> {
+        self.push(pairs)?;
+        let mut keys: Vec<Key> = pairs.iter().map(|(k, _)| k.clone()).collect();
+        keys.dedup();
+        self.pull(&keys)
+    }
+
     /// The global barrier across workers.
     pub fn barrier(&self) -> Result<()> {
         let op = self.endpoint.issue(|w| Ok(w.barrier()))?;

@@ -156,8 +156,13 @@ fn program(kv: &DistKv<'_>, kind: &str) -> Result<usize> {
         let pairs = (0..names.len())
             .map(|k| contribution(kind, workers, rank, round, k))
             .collect::<Result<Vec<_>>>()?;
-        kv.push(&pairs)?;
-        let pulled = kv.pull(&names)?;
+        // Odd rounds go through pushpull, even rounds through push then pull.
+        let pulled = if round % 2 == 1 {
+            kv.pushpull(&pairs)?
+        } else {
+            kv.push(&pairs)?;
+            kv.pull(&names)?
+        };
         if store_kind(kind) == "dist_sync" {
             check(
                 &format!("worker {rank}, round {round}"),
