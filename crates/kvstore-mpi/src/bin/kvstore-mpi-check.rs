@@ -18,6 +18,9 @@ use std::process::ExitCode;
 
 const ROUNDS: usize = 3;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn keys() -> Vec<(Key, Vec<usize>)> {
     vec![
         (Key::Int(3), vec![2]),
