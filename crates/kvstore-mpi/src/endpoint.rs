@@ -80,33 +80,38 @@ impl WorkerEndpoint {
     /// Blocks until `op` completes; fails every operation in flight with `PeerFailed` when no
     /// reply arrives for the timeout.
     pub fn wait(&self, op: OpId) -> Result<Outcome> {
-        let mut core = lock(&self.core);
-        loop {
-            if let Some(result) = core.done.remove(&op) {
-                return result;
+        self.wait_until(|core| {
+            let unknown = || Error::Protocol {
+                reason: format!("operation {op} is not in flight (or was already waited for)"),
+            };
+            // With nothing in flight the op can never complete: an error, not a hang.
+            match core.done.remove(&op) {
+                Some(result) => Some(result),
+                None if !core.worker.is_waiting() => Some(Err(unknown())),
+                None => None,
             }
-            let quiet = core.last_heard.elapsed();
-            if quiet >= self.timeout {
-                let effects = core.worker.expire();
-                self.apply(&mut core, effects)?;
-                continue;
-            }
-            let (next, _) = self
-                .changed
-                .wait_timeout(core, self.timeout - quiet)
-                .unwrap_or_else(PoisonError::into_inner);
-            core = next;
-        }
+        })?
     }
 
     /// Blocks until no operation is in flight; returns the first failure among the operations
     /// nobody waited for (pushes), in issue order.
     pub fn wait_all(&self) -> Result<()> {
+        self.wait_until(|core| {
+            if core.worker.is_waiting() {
+                return None;
+            }
+            let done = std::mem::take(&mut core.done);
+            Some(done.into_values().find_map(Result::err).map_or(Ok(()), Err))
+        })?
+    }
+
+    /// Blocks until `ready` gives a value, running the failure detector (R64) meanwhile: after
+    /// the timeout without a reply, every operation in flight fails, which completes them.
+    fn wait_until<R>(&self, mut ready: impl FnMut(&mut WorkerCore) -> Option<R>) -> Result<R> {
         let mut core = lock(&self.core);
         loop {
-            if !core.worker.is_waiting() {
-                let done = std::mem::take(&mut core.done);
-                return done.into_values().find_map(Result::err).map_or(Ok(()), Err);
+            if let Some(value) = ready(&mut core) {
+                return Ok(value);
             }
             let quiet = core.last_heard.elapsed();
             if quiet >= self.timeout {
