@@ -132,3 +132,24 @@ fn r64_a_worker_that_dies_ends_the_job_instead_of_hanging_it() {
     assert!(elapsed < Duration::from_secs(30), "took {elapsed:.2?}");
     println!("dead worker ended the job in {elapsed:.2?}");
 }
+
+#[test]
+fn r53_uneven_push_counts_are_diagnosed_with_the_key_and_the_missing_workers() {
+    if !mpirun_available() {
+        println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
+        return;
+    }
+    let started = Instant::now();
+    let drill = [
+        ("KVSTORE_CHECK_EXTRA_PUSH_WORKER", "0"),
+        ("KVSTORE_TIMEOUT_MS", "3000"),
+    ];
+    let out = mpirun(3, 1, "dist_sync", &drill);
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("round 4 never completed"), "{stderr}");
+    assert!(stderr.contains("workers [1]"), "{stderr}");
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:.2?}");
+    println!("uneven pushes diagnosed in {elapsed:.2?}");
+}

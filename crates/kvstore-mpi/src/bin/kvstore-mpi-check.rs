@@ -175,6 +175,13 @@ fn program(kv: &DistKv<'_>, kind: &str) -> Result<usize> {
             checks += 1;
         }
     }
+    if drill("KVSTORE_CHECK_EXTRA_PUSH_WORKER") {
+        // Uneven push counts (R53): this worker's extra round can never complete.
+        let pairs = (0..names.len())
+            .map(|k| contribution(kind, workers, rank, ROUNDS, k))
+            .collect::<Result<Vec<_>>>()?;
+        kv.push(&pairs)?;
+    }
     kv.wait_all()?;
     kv.barrier()?;
     let last = kv.pull(&names)?;
