@@ -93,63 +93,51 @@ fn r55_dist_sync_compressed_three_workers_two_servers() {
     job(5, 2, "dist_sync_2bit");
 }
 
-#[test]
-fn r64_a_worker_that_stops_answering_makes_the_others_fail_naming_it() {
+/// A failure drill: a job of `processes` ranks (1 server) where the check program misbehaves as
+/// `drill` (an environment variable naming a worker) says, with a 3 s failure-detector timeout.
+/// The job must fail, within 30 s; returns its stderr. `None` without mpirun.
+fn drill(processes: usize, drill: &str, worker: &str) -> Option<String> {
     if !mpirun_available() {
         println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
-        return;
+        return None;
     }
     let started = Instant::now();
-    let drill = [
-        ("KVSTORE_CHECK_HANG_WORKER", "1"),
-        ("KVSTORE_TIMEOUT_MS", "3000"),
-    ];
-    let out = mpirun(4, 1, "dist_sync", &drill);
+    let env = [(drill, worker), ("KVSTORE_TIMEOUT_MS", "3000")];
+    let out = mpirun(processes, 1, "dist_sync", &env);
     let elapsed = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{drill}: the job succeeded\n{stderr}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "{drill}: took {elapsed:.2?}"
+    );
+    println!("{drill}: the job failed in {elapsed:.2?}");
+    Some(stderr)
+}
+
+#[test]
+fn r64_a_worker_that_stops_answering_makes_the_others_fail_naming_it() {
+    let Some(stderr) = drill(4, "KVSTORE_CHECK_HANG_WORKER", "1") else {
+        return;
+    };
     // The server's detector (half the timeout) names the silent worker to the live ones.
     assert!(stderr.contains("did not answer in time"), "{stderr}");
     assert!(stderr.contains("workers [1]"), "{stderr}");
-    assert!(elapsed < Duration::from_secs(30), "took {elapsed:.2?}");
-    println!("hung worker reported in {elapsed:.2?}");
 }
 
 #[test]
 fn r64_a_worker_that_dies_ends_the_job_instead_of_hanging_it() {
-    if !mpirun_available() {
-        println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
-        return;
-    }
-    let started = Instant::now();
-    let drill = [
-        ("KVSTORE_CHECK_KILL_WORKER", "1"),
-        ("KVSTORE_TIMEOUT_MS", "3000"),
-    ];
-    let out = mpirun(3, 1, "dist_sync", &drill);
-    let elapsed = started.elapsed();
-    assert!(!out.status.success());
-    assert!(elapsed < Duration::from_secs(30), "took {elapsed:.2?}");
-    println!("dead worker ended the job in {elapsed:.2?}");
+    drill(3, "KVSTORE_CHECK_KILL_WORKER", "1");
 }
 
 #[test]
 fn r53_uneven_push_counts_are_diagnosed_with_the_key_and_the_missing_workers() {
-    if !mpirun_available() {
-        println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
+    let Some(stderr) = drill(3, "KVSTORE_CHECK_EXTRA_PUSH_WORKER", "0") else {
         return;
-    }
-    let started = Instant::now();
-    let drill = [
-        ("KVSTORE_CHECK_EXTRA_PUSH_WORKER", "0"),
-        ("KVSTORE_TIMEOUT_MS", "3000"),
-    ];
-    let out = mpirun(3, 1, "dist_sync", &drill);
-    let elapsed = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    };
     assert!(stderr.contains("round 4 never completed"), "{stderr}");
     assert!(stderr.contains("workers [1]"), "{stderr}");
-    assert!(elapsed < Duration::from_secs(30), "took {elapsed:.2?}");
-    println!("uneven pushes diagnosed in {elapsed:.2?}");
 }
