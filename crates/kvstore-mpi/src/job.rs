@@ -157,10 +157,15 @@ pub fn launch<T>(
                 drop(outbox);
                 let running = &running;
                 scope.spawn(move || {
-                    receive_loop(running, |from, bytes| {
-                        if let Err(e) = endpoint.on_packet(from, bytes) {
-                            eprintln!("kvstore worker {w}: refused a packet from rank {from}: {e}");
+                    receive_loop(|packet| {
+                        if let Some((from, bytes)) = packet {
+                            if let Err(e) = endpoint.on_packet(from, bytes) {
+                                eprintln!(
+                                    "kvstore worker {w}: refused a packet from rank {from}: {e}"
+                                );
+                            }
                         }
+                        running.load(Ordering::Acquire)
                     })
                 });
                 let kv = DistKv {
@@ -217,22 +222,29 @@ fn send_loop(packets: mpsc::Receiver<Packet>) {
     }
 }
 
-/// Receives packets and hands them to `deliver` while `running`.
-fn receive_loop(running: &AtomicBool, mut deliver: impl FnMut(usize, &[u8])) {
+/// Probes and receives until `step` says stop: `step` gets each packet as `Some((from,
+/// bytes))`, and `None` whenever nothing has arrived (before a short backoff sleep), and
+/// returns whether to go on.
+fn receive_loop(mut step: impl FnMut(Option<(usize, &[u8])>) -> bool) {
     let world = SimpleCommunicator::world();
     let mut idle = Duration::from_micros(1);
-    while running.load(Ordering::Acquire) {
-        match world.any_process().immediate_matched_probe() {
+    loop {
+        let go_on = match world.any_process().immediate_matched_probe() {
             Some(probed) => {
                 let (bytes, status) = probed.matched_receive_vec::<u8>();
                 let from = usize::try_from(status.source_rank()).unwrap_or(usize::MAX);
-                deliver(from, &bytes);
                 idle = Duration::from_micros(1);
+                step(Some((from, &bytes)))
             }
             None => {
+                let go_on = step(None);
                 std::thread::sleep(idle);
                 idle = (idle * 2).min(Duration::from_micros(200));
+                go_on
             }
+        };
+        if !go_on {
+            return;
         }
     }
 }
@@ -243,31 +255,23 @@ fn receive_loop(running: &AtomicBool, mut deliver: impl FnMut(usize, &[u8])) {
 /// detectors (the full timeout) give the vaguer "no reply".
 fn serve(endpoint: &mut ServerEndpoint, timeout: Duration, index: usize) {
     let timeout = timeout / 2;
-    let running = AtomicBool::new(true);
     let mut last_heard = Instant::now();
-    let world = SimpleCommunicator::world();
-    let mut idle = Duration::from_micros(1);
-    while running.load(Ordering::Acquire) && !endpoint.finished() {
-        match world.any_process().immediate_matched_probe() {
-            Some(probed) => {
-                let (bytes, status) = probed.matched_receive_vec::<u8>();
-                let from = usize::try_from(status.source_rank()).unwrap_or(usize::MAX);
-                if let Err(e) = endpoint.on_packet(from, &bytes) {
+    receive_loop(|packet| {
+        match packet {
+            Some((from, bytes)) => {
+                if let Err(e) = endpoint.on_packet(from, bytes) {
                     eprintln!("kvstore server {index}: refused a packet from rank {from}: {e}");
                 }
                 last_heard = Instant::now();
-                idle = Duration::from_micros(1);
             }
-            None => {
-                if endpoint.is_waiting() && last_heard.elapsed() >= timeout {
-                    if let Err(e) = endpoint.expire() {
-                        eprintln!("kvstore server {index}: {e}");
-                    }
-                    last_heard = Instant::now();
+            None if endpoint.is_waiting() && last_heard.elapsed() >= timeout => {
+                if let Err(e) = endpoint.expire() {
+                    eprintln!("kvstore server {index}: {e}");
                 }
-                std::thread::sleep(idle);
-                idle = (idle * 2).min(Duration::from_micros(200));
+                last_heard = Instant::now();
             }
+            None => {}
         }
-    }
+        !endpoint.finished()
+    });
 }
