@@ -248,7 +248,14 @@ fn apply(
     o: &mut Out<Node>,
 ) {
     send(config, effects.sends, o);
-    for Completion { op, result } in effects.completions {
+    record(program, w, effects.completions);
+    advance(config, program, w, o);
+}
+
+/// Records what completed operations observed and unblocks the program; a failure the step
+/// does not expect makes the process give up.
+fn record(program: &[Step], w: &mut WorkerState, completions: Vec<Completion>) {
+    for Completion { op, result } in completions {
         let step = w.steps.remove(&op);
         let unexpected_failure = match (&result, step.and_then(|s| program.get(s))) {
             (Err(Error::DuplicateInit { .. }), Some(Step::RogueInit)) => false,
@@ -261,11 +268,8 @@ fn apply(
         if w.blocked_on == Some(op) {
             w.blocked_on = None;
         }
-        if unexpected_failure {
-            w.failed = true;
-        }
+        w.failed |= unexpected_failure;
     }
-    advance(config, program, w, o);
 }
 
 /// Runs the program until it must wait for a reply, ends, fails or crashes.
@@ -325,15 +329,7 @@ fn advance(config: &DistConfig, program: &[Step], w: &mut WorkerState, o: &mut O
                 }
                 // Completions in `effects` (ops with nothing to wait for) unblock at once.
                 send(config, effects.sends, o);
-                for Completion { op, result } in effects.completions {
-                    w.steps.remove(&op);
-                    let failed = result.is_err();
-                    w.seen.push((pc, Seen::of(result)));
-                    if w.blocked_on == Some(op) {
-                        w.blocked_on = None;
-                    }
-                    w.failed |= failed;
-                }
+                record(program, w, effects.completions);
             }
             Err(error) => fail(w, Seen::of(Err(error)), o),
         }
