@@ -45,12 +45,15 @@ pub enum Request {
         /// The part's data.
         payload: Payload,
     },
-    /// A worker reads a key (R52).
+    /// A worker reads a key (R52), or only some rows of it (row_sparse_pull, R30-R33).
     Pull {
         /// The request id.
         id: RequestId,
         /// The key.
         key: Key,
+        /// `None`: the whole part. `Some(ids)`: only these rows (sorted, distinct, in range,
+        /// checked by the worker and again by the server), as a row_sparse value.
+        rows: Option<Vec<i64>>,
     },
     /// A worker enters the global barrier; only server 0 coordinates barriers.
     Barrier {

@@ -9,7 +9,7 @@ use crate::message::{Payload, Reply, Request, RequestId};
 use kvstore_spec::optimizer::{Optimizer, OptimizerUpdater};
 use kvstore_spec::updater::UpdaterSlot;
 use kvstore_spec::value::{Data, Tensor};
-use kvstore_spec::{Device, Error, Key, Result, Value};
+use kvstore_spec::{sparse, Device, Error, Key, Result, Value};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A reply and the worker it goes to.
@@ -51,11 +51,34 @@ struct Slot {
     queues: Vec<VecDeque<Queued>>,
     /// Completed rounds (sync) or applied pushes (async).
     rounds: u64,
-    /// Pulls waiting for their worker's open round (R52): (worker, request, the round count
-    /// that completes the last round the worker pushed into before the pull).
-    parked: Vec<(usize, RequestId, u64)>,
+    /// Pulls waiting for their worker's open round (R52).
+    parked: Vec<Parked>,
     /// The optimizer's states for this part, when an optimizer is set.
     optimizer: Option<OptimizerUpdater>,
+}
+
+/// A pull waiting for its worker's open round (R52).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Parked {
+    worker: usize,
+    id: RequestId,
+    /// The round count that completes the last round the worker pushed into before the pull.
+    target: u64,
+    /// The rows asked for, for a row_sparse_pull.
+    rows: Option<Vec<i64>>,
+}
+
+/// What a pull of `rows` (all rows when `None`) reads of a stored part.
+fn read(value: &Value, rows: Option<&[i64]>) -> Result<Value> {
+    match rows {
+        None => Ok(value.clone()),
+        Some(ids) => Ok(Value::RowSparse(sparse::retain(value, ids, value.dtype())?)),
+    }
+}
+
+/// The rows of a stored part: its first dimension.
+fn row_count(value: &Value) -> usize {
+    value.shape().first().copied().unwrap_or(0)
 }
 
 /// A server state machine.
@@ -164,7 +187,7 @@ impl Server {
         let result = match request {
             Request::Init { key, value, .. } => self.init(key, value).map(|()| done),
             Request::Push { key, payload, .. } => self.push(from, id, key, payload),
-            Request::Pull { key, .. } => self.pull(from, id, &key),
+            Request::Pull { key, rows, .. } => self.pull(from, id, &key, rows),
             Request::Barrier { .. } => self.barrier(from, id),
             Request::SetOptimizer { optimizer, .. } => self.set_optimizer(optimizer).map(|()| done),
         };
@@ -189,8 +212,8 @@ impl Server {
                     out.push(failed(w, queued.id, error.clone()));
                 }
             }
-            for (w, id, _) in slot.parked.drain(..) {
-                out.push(failed(w, id, error.clone()));
+            for parked in slot.parked.drain(..) {
+                out.push(failed(parked.worker, parked.id, error.clone()));
             }
         }
         let missing: Vec<usize> = (0..workers)
@@ -317,22 +340,30 @@ impl Server {
             let late = faults.has(Fault::PullWaitsForLaterPushes);
             let rounds = slot.rounds;
             let queues = &slot.queues;
-            let (ready, still): (Vec<_>, Vec<_>) =
-                slot.parked.iter().copied().partition(|&(w, _, target)| {
+            let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut slot.parked)
+                .into_iter()
+                .partition(|parked| {
                     if late {
-                        queues.get(w).is_none_or(VecDeque::is_empty)
+                        queues.get(parked.worker).is_none_or(VecDeque::is_empty)
                     } else {
-                        rounds >= target
+                        rounds >= parked.target
                     }
                 });
             slot.parked = still;
-            for (w, id, _) in ready {
-                out.push(Outgoing {
-                    to: w,
-                    reply: Reply::Value {
-                        id,
-                        value: slot.value.clone(),
+            for parked in ready {
+                let reply = match read(&slot.value, parked.rows.as_deref()) {
+                    Ok(value) => Reply::Value {
+                        id: parked.id,
+                        value,
                     },
+                    Err(error) => Reply::Failed {
+                        id: parked.id,
+                        error,
+                    },
+                };
+                out.push(Outgoing {
+                    to: parked.worker,
+                    reply,
                 });
             }
         }
@@ -365,22 +396,42 @@ impl Server {
     }
 
     /// R52: the value of the last completed round, once the puller's own pushes are in one.
-    fn pull(&mut self, from: usize, id: RequestId, key: &Key) -> Result<Vec<Outgoing>> {
+    fn pull(
+        &mut self,
+        from: usize,
+        id: RequestId,
+        key: &Key,
+        rows: Option<Vec<i64>>,
+    ) -> Result<Vec<Outgoing>> {
         let stale_ok = self.config.faults.has(Fault::StalePull);
         let slot = self.slot_mut(key)?;
+        if let Some(ids) = &rows {
+            // A worker checks the ids first; a server trusts no one (R65).
+            let normalized = sparse::normalize_row_ids(key, ids, row_count(&slot.value))?;
+            if &normalized != ids {
+                return Err(Error::Protocol {
+                    reason: format!("key {key}: row ids {ids:?} are not sorted and distinct"),
+                });
+            }
+        }
         // The pull reads the round of the worker's last push before it, which completes when
         // every contribution the worker has queued now is in a completed round; pushes the
         // worker sends after the pull belong to later rounds and must not delay it.
         let queued = slot.queues.get(from).map_or(0, VecDeque::len) as u64;
         if queued > 0 && !stale_ok {
-            slot.parked.push((from, id, slot.rounds + queued));
+            slot.parked.push(Parked {
+                worker: from,
+                id,
+                target: slot.rounds + queued,
+                rows,
+            });
             return Ok(Vec::new());
         }
         Ok(vec![Outgoing {
             to: from,
             reply: Reply::Value {
                 id,
-                value: slot.value.clone(),
+                value: read(&slot.value, rows.as_deref())?,
             },
         }])
     }

@@ -59,6 +59,8 @@ enum Skeleton {
     Pull {
         id: u64,
         key: Key,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<Vec<i64>>,
     },
     Barrier {
         id: u64,
@@ -129,9 +131,10 @@ pub fn encode_after(prefix: &[u8], message: &Message) -> Result<Vec<u8>> {
                 }
             },
         },
-        Message::Request(Request::Pull { id, key }) => Skeleton::Pull {
+        Message::Request(Request::Pull { id, key, rows }) => Skeleton::Pull {
             id: *id,
             key: key.clone(),
+            rows: rows.clone(),
         },
         Message::Request(Request::Barrier { id }) => Skeleton::Barrier { id: *id },
         Message::Request(Request::SetOptimizer { id, optimizer }) => Skeleton::SetOptimizer {
@@ -232,7 +235,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message> {
             };
             Message::Request(Request::Push { id, key, payload })
         }
-        Skeleton::Pull { id, key } => Message::Request(Request::Pull { id, key }),
+        Skeleton::Pull { id, key, rows } => Message::Request(Request::Pull { id, key, rows }),
         Skeleton::Barrier { id } => Message::Request(Request::Barrier { id }),
         Skeleton::SetOptimizer { id, optimizer } => {
             Message::Request(Request::SetOptimizer { id, optimizer })

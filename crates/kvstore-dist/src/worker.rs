@@ -13,7 +13,7 @@ use crate::parts;
 use kvstore_spec::codec::Compression;
 use kvstore_spec::optimizer::Optimizer;
 use kvstore_spec::value::StorageType;
-use kvstore_spec::{transfer, DType, Error, Key, Result, Value};
+use kvstore_spec::{sparse, transfer, DType, Error, Key, Result, Value};
 use std::collections::BTreeMap;
 
 /// An operation's id, unique per worker.
@@ -84,10 +84,41 @@ struct Progress {
     remaining: usize,
     /// The first failure; the operation fails with it once every reply is in.
     error: Option<Error>,
-    /// For a pull: per key asked, its shape and its parts' values as they arrive.
-    pulled: Vec<(Key, Vec<usize>, Vec<Option<Value>>)>,
+    /// For a pull: per key asked, its parts' values as they arrive.
+    pulled: Vec<Pulling>,
     /// Requests of the next phase, sent once this one succeeded (init: the barrier).
     then: Vec<Send>,
+}
+
+/// One key of a pull.
+#[derive(Debug, Clone, PartialEq, Hash)]
+struct Pulling {
+    key: Key,
+    shape: Vec<usize>,
+    /// The parts' values as they arrive.
+    parts: Vec<Option<Value>>,
+    /// Rows to pick here once the parts are assembled (a row_sparse_pull of a sliced key).
+    pick: Option<Vec<i64>>,
+}
+
+impl Pulling {
+    /// The key's value once every part arrived.
+    fn finish(self) -> Result<Value> {
+        let key = &self.key;
+        let parts: Option<Vec<Value>> = self.parts.into_iter().collect();
+        let parts = parts.ok_or_else(|| Error::Protocol {
+            reason: format!("key {key}: a part never arrived"),
+        })?;
+        let whole = parts::assemble(key, &self.shape, parts)?;
+        match self.pick {
+            None => Ok(whole),
+            Some(ids) => Ok(Value::RowSparse(sparse::retain(
+                &whole,
+                &ids,
+                whole.dtype(),
+            )?)),
+        }
+    }
 }
 
 /// A worker state machine.
@@ -257,25 +288,69 @@ impl Worker {
 
     /// Pulls (R52): each key's value, assembled from its parts, in the key's shape.
     pub fn pull(&mut self, keys: &[Key]) -> Result<(OpId, Effects)> {
+        let reads = keys.iter().map(|key| (key.clone(), None)).collect();
+        self.read(reads)
+    }
+
+    /// Pulls some rows of each key (R30-R33, R52): `row_ids` holds one list per key, or one
+    /// list for every key. Each key comes back as a row_sparse value holding exactly the rows
+    /// asked for, sorted and distinct. The ids are checked before anything is sent (R59).
+    pub fn row_sparse_pull(
+        &mut self,
+        keys: &[Key],
+        row_ids: &[Vec<i64>],
+    ) -> Result<(OpId, Effects)> {
+        if row_ids.len() != 1 && row_ids.len() != keys.len() {
+            return Err(Error::RowIdsCountMismatch {
+                row_ids: row_ids.len(),
+                outputs: keys.len(),
+            });
+        }
+        let mut reads = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let ids = match row_ids {
+                [only] => only,
+                many => many.get(i).map_or(&[][..], Vec::as_slice),
+            };
+            let rows = self.meta(key)?.shape.first().copied().unwrap_or(0);
+            reads.push((
+                key.clone(),
+                Some(sparse::normalize_row_ids(key, ids, rows)?),
+            ));
+        }
+        self.read(reads)
+    }
+
+    /// One pull request per part of each key. A row_sparse key, held whole by one server,
+    /// has its rows picked there (only those rows travel). Servers hold dense keys flat, in
+    /// parts that cut across rows, so their parts come whole and the rows are picked here.
+    fn read(&mut self, reads: Vec<(Key, Option<Vec<i64>>)>) -> Result<(OpId, Effects)> {
         let mut plan = Vec::new();
-        for key in keys {
-            let meta = self.meta(key)?;
-            plan.push((key.clone(), meta.shape.clone(), meta.parts.clone()));
+        for (key, rows) in reads {
+            let meta = self.meta(&key)?;
+            let remote = meta.stype == StorageType::RowSparse;
+            plan.push((key, rows, meta.shape.clone(), meta.parts.clone(), remote));
         }
         let op = self.next_op();
         let mut sends = Vec::new();
         let mut pulled = Vec::new();
-        for (index, (key, shape, key_parts)) in plan.into_iter().enumerate() {
+        for (index, (key, rows, shape, key_parts, remote)) in plan.into_iter().enumerate() {
             for (part_index, part) in key_parts.iter().enumerate() {
-                let key = key.clone();
+                let (key, rows) = (key.clone(), rows.clone().filter(|_| remote));
                 sends.push(
                     self.request(op, index, part_index, part.server, |id| Request::Pull {
                         id,
                         key,
+                        rows,
                     }),
                 );
             }
-            pulled.push((key, shape, vec![None; key_parts.len()]));
+            pulled.push(Pulling {
+                key,
+                shape,
+                parts: vec![None; key_parts.len()],
+                pick: rows.filter(|_| !remote),
+            });
         }
         Ok(self.start(op, sends, Vec::new(), pulled))
     }
@@ -331,7 +406,7 @@ impl Worker {
                 let slot = progress
                     .pulled
                     .get_mut(key_index)
-                    .and_then(|(_, _, parts)| parts.get_mut(part_index));
+                    .and_then(|pulling| pulling.parts.get_mut(part_index));
                 match slot {
                     Some(slot) => *slot = Some(value),
                     None => {
@@ -411,7 +486,7 @@ impl Worker {
         op: OpId,
         sends: Vec<Send>,
         then: Vec<Send>,
-        pulled: Vec<(Key, Vec<usize>, Vec<Option<Value>>)>,
+        pulled: Vec<Pulling>,
     ) -> (OpId, Effects) {
         let progress = Progress {
             remaining: sends.len(),
@@ -456,13 +531,7 @@ impl Worker {
             None => progress
                 .pulled
                 .into_iter()
-                .map(|(key, shape, parts)| {
-                    let parts: Option<Vec<Value>> = parts.into_iter().collect();
-                    let parts = parts.ok_or_else(|| Error::Protocol {
-                        reason: format!("key {key}: a part never arrived"),
-                    })?;
-                    parts::assemble(&key, &shape, parts)
-                })
+                .map(Pulling::finish)
                 .collect::<Result<Vec<Value>>>()
                 .map(Outcome::Values),
         };

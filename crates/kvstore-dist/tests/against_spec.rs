@@ -10,7 +10,7 @@ use kvstore_spec::codec::{Compression, CompressionType};
 use kvstore_spec::dist::DistStore;
 use kvstore_spec::kind::Kind;
 use kvstore_spec::optimizer::{Optimizer, Sgd};
-use kvstore_spec::{Key, Tensor, Value};
+use kvstore_spec::{sparse, transfer, DType, Key, Tensor, Value};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -21,6 +21,9 @@ enum Op {
     /// Worker pushes (key index, elements; a wrong length is a deliberate mistake).
     Push(usize, Vec<(usize, Vec<f32>)>),
     Pull(usize, Vec<usize>),
+    /// row_sparse_pull: keys and row id lists (ids may be out of range or repeat; the list
+    /// count may be wrong).
+    RowSparsePull(usize, Vec<usize>, Vec<Vec<i64>>),
     /// A key nobody initialised.
     PullUnknown(usize),
 }
@@ -48,7 +51,13 @@ fn op(workers: usize) -> impl Strategy<Value = Op> {
     });
     prop_oneof![
         6 => (0..workers, prop::collection::vec(pair, 1..3)).prop_map(|(w, p)| Op::Push(w, p)),
-        4 => (0..workers, prop::collection::vec(key, 1..3)).prop_map(|(w, k)| Op::Pull(w, k)),
+        4 => (0..workers, prop::collection::vec(key.clone(), 1..3)).prop_map(|(w, k)| Op::Pull(w, k)),
+        2 => (
+            0..workers,
+            prop::collection::vec(key, 1..3),
+            prop::collection::vec(prop::collection::vec(-1i64..6, 0..4), 1..3)
+        )
+            .prop_map(|(w, k, ids)| Op::RowSparsePull(w, k, ids)),
         1 => (0..workers).prop_map(Op::PullUnknown),
     ]
 }
@@ -74,6 +83,15 @@ fn setup() -> impl Strategy<Value = Setup> {
                     schedule,
                 })
         })
+}
+
+/// A pull waiting for its round: (worker, op, keys, own round per key, row_sparse_pull's ids).
+type Waiting = (usize, OpId, Vec<usize>, Vec<usize>, Option<Vec<Vec<i64>>>);
+
+/// An empty row_sparse f32 output of key `k`'s shape, for the spec's row_sparse_pull.
+fn rows_template(k: usize) -> Value {
+    let n = KEYS[k].1;
+    Value::RowSparse(sparse::retain(&dense(&vec![0.0; n]), &[], DType::F32).unwrap())
 }
 
 fn dense(xs: &[f32]) -> Value {
@@ -222,8 +240,8 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
         .collect();
     // Per worker and key, its pushes so far (its own round count).
     let mut pushed = vec![vec![0usize; KEYS.len()]; workers];
-    // Pulls waiting for their round: (worker, op, keys, own round per key).
-    let mut waiting: Vec<(usize, OpId, Vec<usize>, Vec<usize>)> = Vec::new();
+    // Pulls waiting for their round: (worker, op, keys, own round per key, row ids).
+    let mut waiting: Vec<Waiting> = Vec::new();
 
     for op in &setup.ops {
         match op {
@@ -260,7 +278,21 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
                 let (id, effects) = cluster.workers[*rank].pull(&names).unwrap();
                 cluster.post(*rank, effects);
                 let own = keys.iter().map(|&k| pushed[*rank][k]).collect();
-                waiting.push((*rank, id, keys.clone(), own));
+                waiting.push((*rank, id, keys.clone(), own, None));
+            }
+            Op::RowSparsePull(rank, keys, ids) => {
+                let names: Vec<Key> = keys.iter().map(|&k| key(k)).collect();
+                let outs: Vec<(Key, Value)> =
+                    keys.iter().map(|&k| (key(k), rows_template(k))).collect();
+                // The spec validates before it decides whether the pull waits.
+                let expected = spec.clone().row_sparse_pull(*rank, &outs, ids).err();
+                let got = cluster.workers[*rank].row_sparse_pull(&names, ids);
+                prop_assert_eq!(&expected, &got.clone().err(), "row_sparse_pull {:?}", ids);
+                if let Ok((id, effects)) = got {
+                    cluster.post(*rank, effects);
+                    let own = keys.iter().map(|&k| pushed[*rank][k]).collect();
+                    waiting.push((*rank, id, keys.clone(), own, Some(ids.clone())));
+                }
             }
             Op::PullUnknown(rank) => {
                 let unknown = Key::Int(99);
@@ -273,7 +305,7 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
         cluster.settle();
         // Every pull whose rounds are complete in the spec has completed, with those values.
         let mut still = Vec::new();
-        for (rank, id, keys, own) in waiting {
+        for (rank, id, keys, own, rows) in waiting {
             let ready = keys.iter().zip(&own).all(|(&k, &r)| r < history[k].len());
             match cluster.done[rank].remove(&id) {
                 None => {
@@ -282,7 +314,7 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
                         "a pull of worker {} waits for complete rounds",
                         rank
                     );
-                    still.push((rank, id, keys, own));
+                    still.push((rank, id, keys, own, rows));
                 }
                 Some(result) => {
                     prop_assert!(ready, "a pull of worker {} returned before its round", rank);
@@ -294,9 +326,27 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
                     let expected: Vec<Value> = expected
                         .into_iter()
                         .zip(keys.iter())
-                        .map(|(v, &k)| {
+                        .enumerate()
+                        .map(|(i, (v, &k))| {
                             let n = KEYS[k].1;
-                            Value::Dense(Tensor::new([n], v.to_f32()).unwrap())
+                            let whole = Value::Dense(Tensor::new([n], v.to_f32()).unwrap());
+                            match &rows {
+                                None => whole,
+                                Some(lists) => {
+                                    let ids = if lists.len() == 1 {
+                                        &lists[0]
+                                    } else {
+                                        &lists[i]
+                                    };
+                                    transfer::row_sparse_output(
+                                        &key(k),
+                                        &whole,
+                                        &rows_template(k),
+                                        ids,
+                                    )
+                                    .unwrap()
+                                }
+                            }
                         })
                         .collect();
                     prop_assert_eq!(result, Ok(Outcome::Values(expected)));
@@ -306,7 +356,7 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
         waiting = still;
     }
     // A pull still waiting waits for a round the spec also has open.
-    for (rank, _, keys, _) in &waiting {
+    for (rank, _, keys, _, _) in &waiting {
         let open = keys
             .iter()
             .any(|&k| spec.pending_pushes(*rank, &key(k)) > 0);

@@ -58,6 +58,7 @@ fn r65_malformed_requests_are_refused_and_change_nothing() {
     let unknown = Request::Pull {
         id: 2,
         key: Key::Int(5),
+        rows: None,
     };
     assert!(matches!(
         failed(&s.handle(0, unknown)),
@@ -66,11 +67,29 @@ fn r65_malformed_requests_are_refused_and_change_nothing() {
     let stranger = Request::Pull {
         id: 3,
         key: key.clone(),
+        rows: None,
     };
     assert!(matches!(
         failed(&s.handle(7, stranger)),
         Error::UnknownWorker { rank: 7, .. }
     ));
+    // Row ids a worker would have refused (R65: the server checks again).
+    for (id, rows) in [
+        (10, vec![2]),
+        (11, vec![1, 0]),
+        (12, vec![0, 0]),
+        (13, vec![-1]),
+    ] {
+        let bad_rows = Request::Pull {
+            id,
+            key: key.clone(),
+            rows: Some(rows),
+        };
+        assert!(matches!(
+            failed(&s.handle(0, bad_rows)),
+            Error::RowIdOutOfRange { .. } | Error::Protocol { .. }
+        ));
+    }
     let again = Request::Init {
         id: 4,
         key: key.clone(),

@@ -77,7 +77,12 @@ fn message() -> impl Strategy<Value = Message> {
                 };
                 Message::Request(Request::Push { id, key, payload })
             }),
-        (any::<u64>(), key()).prop_map(|(id, key)| Message::Request(Request::Pull { id, key })),
+        (
+            any::<u64>(),
+            key(),
+            prop::option::of(prop::collection::vec(any::<i64>(), 0..4))
+        )
+            .prop_map(|(id, key, rows)| Message::Request(Request::Pull { id, key, rows })),
         any::<u64>().prop_map(|id| Message::Request(Request::Barrier { id })),
         any::<u64>().prop_map(|id| {
             let optimizer = Optimizer::Sgd(Sgd {

@@ -8,6 +8,7 @@
 //! cannot deadlock (MPI's rendezvous protocol would with one thread doing both).
 
 use crate::endpoint::{Packet, ServerEndpoint, WorkerEndpoint};
+use crate::handle::Handle;
 use crate::roles::{Role, Roles};
 use crate::Options;
 use kvstore_dist::{Faults, Layout, Outcome, Server, ServerConfig, Worker, WorkerConfig};
@@ -32,31 +33,7 @@ pub struct DistKv<'a> {
 }
 
 impl DistKv<'_> {
-    /// This worker's rank, in `0..num_workers()`.
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
-    /// The number of workers.
-    pub fn num_workers(&self) -> usize {
-        self.workers
-    }
-
-    /// Collective init (R49): every worker calls it with the same keys; rank 0's values are
-    /// stored.
-    pub fn init(&self, pairs: &[(Key, Value)]) -> Result<()> {
-        let op = self.endpoint.issue(|w| w.init(pairs))?;
-        self.endpoint.wait(op).map(drop)
-    }
-
-    /// Pushes; returns once the requests are sent (a failure is reported by `wait_all`).
-    pub fn push(&self, pairs: &[(Key, Value)]) -> Result<()> {
-        self.endpoint.issue(|w| w.push(pairs)).map(drop)
-    }
-
-    /// Pulls every key, waiting for the round of this worker's last push (R52).
-    pub fn pull(&self, keys: &[Key]) -> Result<Vec<Value>> {
-        let op = self.endpoint.issue(|w| w.pull(keys))?;
+    fn values(&self, op: kvstore_dist::OpId) -> Result<Vec<Value>> {
         match self.endpoint.wait(op)? {
             Outcome::Values(values) => Ok(values),
             Outcome::Done => Err(Error::Protocol {
@@ -64,30 +41,49 @@ impl DistKv<'_> {
             }),
         }
     }
+}
 
-    /// Pushes, then pulls the same keys: the values of the round this push belongs to (R34,
-    /// R52).
-    pub fn pushpull(&self, pairs: &[(Key, Value)]) -> Result<Vec<Value>> {
-        self.push(pairs)?;
-        let mut keys: Vec<Key> = pairs.iter().map(|(k, _)| k.clone()).collect();
-        keys.dedup();
-        self.pull(&keys)
+impl Handle for DistKv<'_> {
+    fn rank(&self) -> usize {
+        self.rank
     }
 
-    /// The global barrier across workers.
-    pub fn barrier(&self) -> Result<()> {
+    fn num_workers(&self) -> usize {
+        self.workers
+    }
+
+    fn init(&self, pairs: &[(Key, Value)]) -> Result<()> {
+        let op = self.endpoint.issue(|w| w.init(pairs))?;
+        self.endpoint.wait(op).map(drop)
+    }
+
+    /// Returns once the requests are sent (a failure is reported by `wait_all`).
+    fn push(&self, pairs: &[(Key, Value)]) -> Result<()> {
+        self.endpoint.issue(|w| w.push(pairs)).map(drop)
+    }
+
+    fn pull(&self, keys: &[Key]) -> Result<Vec<Value>> {
+        let op = self.endpoint.issue(|w| w.pull(keys))?;
+        self.values(op)
+    }
+
+    fn row_sparse_pull(&self, keys: &[Key], row_ids: &[Vec<i64>]) -> Result<Vec<Value>> {
+        let op = self.endpoint.issue(|w| w.row_sparse_pull(keys, row_ids))?;
+        self.values(op)
+    }
+
+    fn barrier(&self) -> Result<()> {
         let op = self.endpoint.issue(|w| Ok(w.barrier()))?;
         self.endpoint.wait(op).map(drop)
     }
 
-    /// Installs an optimizer on every server (R57).
-    pub fn set_optimizer(&self, optimizer: &Optimizer) -> Result<()> {
+    /// Sent to every server by this worker alone (any worker may call it, R57).
+    fn set_optimizer(&self, optimizer: &Optimizer) -> Result<()> {
         let op = self.endpoint.issue(|w| w.set_optimizer(optimizer))?;
         self.endpoint.wait(op).map(drop)
     }
 
-    /// Compresses this worker's later pushes (R55).
-    pub fn set_gradient_compression(&self, compression: Compression) -> Result<()> {
+    fn set_gradient_compression(&self, compression: Compression) -> Result<()> {
         self.endpoint.issue(|w| {
             w.set_gradient_compression(compression);
             Ok(w.barrier())
@@ -97,8 +93,7 @@ impl DistKv<'_> {
         self.endpoint.wait_all()
     }
 
-    /// Waits until nothing is in flight; the first failure of a push not yet reported.
-    pub fn wait_all(&self) -> Result<()> {
+    fn wait_all(&self) -> Result<()> {
         self.endpoint.wait_all()
     }
 }
@@ -108,7 +103,7 @@ impl DistKv<'_> {
 pub fn launch<T>(
     kind: &str,
     options: &Options,
-    body: impl FnOnce(&DistKv<'_>) -> Result<T>,
+    body: impl FnOnce(&dyn Handle) -> Result<T>,
 ) -> Result<Option<T>> {
     let kind = Kind::parse(kind)?;
     if kind.class() != StoreClass::Dist {

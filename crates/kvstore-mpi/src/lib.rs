@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
+pub mod handle;
 #[cfg(feature = "mpi")]
 pub mod job;
 pub mod roles;
 
+pub use handle::Handle;
 use std::time::Duration;
 
 /// How a job runs.

@@ -79,6 +79,11 @@ fn r63_dist_sync_three_workers_two_servers_with_a_sliced_key() {
 }
 
 #[test]
+fn r17_dist_device_sync_merges_each_workers_devices_before_one_push() {
+    job(5, 2, "dist_device_sync");
+}
+
+#[test]
 fn r54_dist_async_two_workers_one_server() {
     job(3, 1, "dist_async");
 }

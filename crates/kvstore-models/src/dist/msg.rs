@@ -69,7 +69,10 @@ impl Hash for Msg {
                     }
                 }
             }
-            Msg::Request(Request::Pull { key, .. }) => key.hash(state),
+            Msg::Request(Request::Pull { key, rows, .. }) => {
+                key.hash(state);
+                rows.hash(state);
+            }
             Msg::Request(Request::Barrier { .. }) | Msg::Reply(Reply::Done { .. }) => {}
             Msg::Request(Request::SetOptimizer { optimizer, .. }) => {
                 format!("{optimizer:?}").hash(state);

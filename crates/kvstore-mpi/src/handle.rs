@@ -1,0 +1,57 @@
+//! What a worker's body sees of a distributed store, whichever layout carries it: the
+//! parameter servers (`job::DistKv`) or the allreduce kind (no servers). One check program and
+//! one benchmark drive both.
+
+use kvstore_spec::codec::Compression;
+use kvstore_spec::optimizer::Optimizer;
+use kvstore_spec::{Key, Result, Value};
+
+/// A worker's handle on a distributed store (SPEC R48-R58).
+pub trait Handle {
+    /// This worker's rank, in `0..num_workers()`.
+    fn rank(&self) -> usize;
+
+    /// The number of workers.
+    fn num_workers(&self) -> usize;
+
+    /// Collective init (R49): every worker calls it with the same keys; rank 0's values are
+    /// stored.
+    fn init(&self, pairs: &[(Key, Value)]) -> Result<()>;
+
+    /// Pushes this worker's values; several values of one key (one per device) are merged here
+    /// first and sent once (dist_device_sync, R18). May return before the push took effect; a
+    /// failure is then reported by [`Handle::wait_all`].
+    fn push(&self, pairs: &[(Key, Value)]) -> Result<()>;
+
+    /// Each key's value in its own shape, after the round of this worker's last push (R52).
+    fn pull(&self, keys: &[Key]) -> Result<Vec<Value>>;
+
+    /// The rows `row_ids[i]` (or `row_ids[0]` for every key) of each key, as row_sparse
+    /// values with sorted, distinct row ids (R30-R33, R52).
+    fn row_sparse_pull(&self, keys: &[Key], row_ids: &[Vec<i64>]) -> Result<Vec<Value>>;
+
+    /// Pushes, then pulls the pushed keys (in first-appearance order): the values of the round
+    /// this push belongs to (R34, R52).
+    fn pushpull(&self, pairs: &[(Key, Value)]) -> Result<Vec<Value>> {
+        self.push(pairs)?;
+        let mut keys: Vec<Key> = Vec::new();
+        for (key, _) in pairs {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        self.pull(&keys)
+    }
+
+    /// The global barrier across workers.
+    fn barrier(&self) -> Result<()>;
+
+    /// Installs a fresh optimizer as the updater (R57).
+    fn set_optimizer(&self, optimizer: &Optimizer) -> Result<()>;
+
+    /// Compresses this worker's later pushes (R55). Collective: every worker calls it.
+    fn set_gradient_compression(&self, compression: Compression) -> Result<()>;
+
+    /// Waits until nothing is in flight; the first failure of a push not yet reported.
+    fn wait_all(&self) -> Result<()>;
+}
