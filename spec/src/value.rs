@@ -462,6 +462,11 @@ impl Tensor {
         self.data.to_f32()
     }
 
+    /// The elements, moved out (a transport sends them without a copy).
+    pub fn into_data(self) -> Data {
+        self.data
+    }
+
     /// The float32 elements for writing in place, when the dtype is f32. The length is fixed,
     /// so the tensor stays valid.
     pub fn f32_mut(&mut self) -> Option<&mut [f32]> {

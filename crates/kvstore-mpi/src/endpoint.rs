@@ -3,7 +3,7 @@
 //! (R64). Nothing here knows MPI, so the endpoints run over channels in tests.
 
 use crate::roles::{Role, Roles};
-use kvstore_dist::wire::{self, Message};
+use kvstore_dist::wire::{Body, Frame, Message};
 use kvstore_dist::{Completion, Effects, OpId, Outcome, Server, Worker};
 use kvstore_spec::{Error, Result};
 use std::collections::BTreeMap;
@@ -11,20 +11,43 @@ use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// What an endpoint hands its transport.
+/// What an endpoint hands its transport: a head for an MPI rank, and the bodies that follow
+/// it (the elements of the message's values, sent as typed messages without a copy).
 #[derive(Debug)]
-pub enum Packet {
-    /// Bytes for an MPI rank.
-    To(usize, Vec<u8>),
+pub struct Packet {
+    /// The MPI rank.
+    pub to: usize,
+    /// [`DATA`] and a frame's head, or [`STOP`].
+    pub head: Vec<u8>,
+    /// The frame's bodies.
+    pub bodies: Vec<Body>,
 }
 
-/// The first byte of every packet: protocol bytes, or a worker saying it is done.
-const DATA: u8 = 0;
-const STOP: u8 = 1;
+/// The first byte of every head: a protocol message, or a worker saying it is done.
+pub const DATA: u8 = 0;
+/// See [`DATA`].
+pub const STOP: u8 = 1;
 
-/// A protocol message framed as a data packet.
-fn data(message: &Message) -> Result<Vec<u8>> {
-    wire::encode_after(&[DATA], message)
+/// A protocol message as a data packet for rank `to`.
+fn data(to: usize, message: Message) -> Result<Packet> {
+    let frame = Frame::new(message)?;
+    let mut head = Vec::with_capacity(1 + frame.head.len());
+    head.push(DATA);
+    head.extend_from_slice(&frame.head);
+    Ok(Packet {
+        to,
+        head,
+        bodies: frame.bodies,
+    })
+}
+
+/// The message of a data packet's head (without its [`DATA`] byte) and bodies.
+fn message(head: &[u8], bodies: Vec<Body>) -> Result<Message> {
+    Frame {
+        head: head.to_vec(),
+        bodies,
+    }
+    .into_message()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,9 +150,9 @@ impl WorkerEndpoint {
         }
     }
 
-    /// A packet from MPI rank `from`.
-    pub fn on_packet(&self, from: usize, bytes: &[u8]) -> Result<()> {
-        let Some((&DATA, body)) = bytes.split_first() else {
+    /// A packet from MPI rank `from`: its head and its bodies.
+    pub fn on_packet(&self, from: usize, head: &[u8], bodies: Vec<Body>) -> Result<()> {
+        let Some((&DATA, head)) = head.split_first() else {
             return Err(Error::Protocol {
                 reason: format!("worker got a non-data packet from rank {from}"),
             });
@@ -139,7 +162,7 @@ impl WorkerEndpoint {
                 reason: format!("worker got a packet from worker rank {from}"),
             });
         };
-        let Message::Reply(reply) = wire::decode(body)? else {
+        let Message::Reply(reply) = message(head, bodies)? else {
             return Err(Error::Protocol {
                 reason: format!("worker got a request from server {server}"),
             });
@@ -153,8 +176,8 @@ impl WorkerEndpoint {
     /// Sends the requests, records the completions and wakes the waiters.
     fn apply(&self, core: &mut WorkerCore, effects: Effects) -> Result<()> {
         for send in effects.sends {
-            let bytes = data(&Message::Request(send.request))?;
-            self.post(self.roles.server_rank(send.server), bytes)?;
+            let to = self.roles.server_rank(send.server);
+            self.post(data(to, Message::Request(send.request))?)?;
         }
         if !effects.completions.is_empty() {
             for Completion { op, result } in effects.completions {
@@ -168,13 +191,18 @@ impl WorkerEndpoint {
     /// Tells every server this worker is done (the servers exit once all workers are), then
     /// closes the outbox; later calls fail.
     pub fn stop(&self) -> Result<()> {
-        let result = (0..self.roles.servers())
-            .try_for_each(|s| self.post(self.roles.server_rank(s), vec![STOP]));
+        let result = (0..self.roles.servers()).try_for_each(|s| {
+            self.post(Packet {
+                to: self.roles.server_rank(s),
+                head: vec![STOP],
+                bodies: Vec::new(),
+            })
+        });
         lock(&self.outbox).take();
         result
     }
 
-    fn post(&self, to: usize, bytes: Vec<u8>) -> Result<()> {
+    fn post(&self, packet: Packet) -> Result<()> {
         let closed = || Error::PeerFailed {
             peer: "the transport".into(),
             reason: "this worker has stopped".into(),
@@ -182,7 +210,7 @@ impl WorkerEndpoint {
         lock(&self.outbox)
             .as_ref()
             .ok_or_else(closed)?
-            .send(Packet::To(to, bytes))
+            .send(packet)
             .map_err(|_| closed())
     }
 }
@@ -218,19 +246,19 @@ impl ServerEndpoint {
     }
 
     /// A packet from MPI rank `from`; malformed packets are refused (R65) and change nothing.
-    pub fn on_packet(&mut self, from: usize, bytes: &[u8]) -> Result<()> {
+    pub fn on_packet(&mut self, from: usize, head: &[u8], bodies: Vec<Body>) -> Result<()> {
         let Role::Worker(worker) = self.roles.role(from) else {
             return Err(Error::Protocol {
                 reason: format!("server got a packet from server rank {from}"),
             });
         };
-        match bytes.split_first() {
+        match head.split_first() {
             Some((&STOP, _)) => {
                 self.stopped += 1;
                 Ok(())
             }
-            Some((&DATA, body)) => {
-                let Message::Request(request) = wire::decode(body)? else {
+            Some((&DATA, head)) => {
+                let Message::Request(request) = message(head, bodies)? else {
                     return Err(Error::Protocol {
                         reason: format!("server got a reply from worker {worker}"),
                     });
@@ -252,9 +280,8 @@ impl ServerEndpoint {
 
     fn send(&self, replies: Vec<kvstore_dist::Outgoing>) -> Result<()> {
         for out in replies {
-            let bytes = data(&Message::Reply(out.reply))?;
             self.outbox
-                .send(Packet::To(out.to, bytes))
+                .send(data(out.to, Message::Reply(out.reply))?)
                 .map_err(|_| Error::PeerFailed {
                     peer: "the transport".into(),
                     reason: "its sending thread has stopped".into(),

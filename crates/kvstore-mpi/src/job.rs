@@ -7,7 +7,8 @@
 //! a blocking send always completes and two processes sending large messages to each other
 //! cannot deadlock (MPI's rendezvous protocol would with one thread doing both).
 
-use crate::endpoint::{Packet, ServerEndpoint, WorkerEndpoint};
+use crate::endpoint::{Packet, ServerEndpoint, WorkerEndpoint, DATA};
+use kvstore_dist::wire::{self, Body, BodyKind};
 use crate::handle::Handle;
 use crate::roles::{Role, Roles};
 use crate::Options;
@@ -153,8 +154,8 @@ pub fn launch<T>(
                 let running = &running;
                 scope.spawn(move || {
                     receive_loop(|packet| {
-                        if let Some((from, bytes)) = packet {
-                            if let Err(e) = endpoint.on_packet(from, bytes) {
+                        if let Some((from, head, bodies)) = packet {
+                            if let Err(e) = endpoint.on_packet(from, head, bodies) {
                                 eprintln!(
                                     "kvstore worker {w}: refused a packet from rank {from}: {e}"
                                 );
@@ -208,28 +209,83 @@ pub fn launch<T>(
     result
 }
 
-/// Sends every packet, in order, until every sender of the channel is gone.
+/// Heads travel with this tag, bodies with [`BODY`]: a receiver probing for heads never
+/// takes a body for one.
+const HEAD: i32 = 0;
+const BODY: i32 = 1;
+
+/// Sends every packet, in order, until every sender of the channel is gone: its head, then
+/// each body as a typed message straight from the value's own buffer.
 fn send_loop(packets: mpsc::Receiver<Packet>) {
     let world = SimpleCommunicator::world();
-    for Packet::To(to, bytes) in packets {
-        let Ok(to) = i32::try_from(to) else { continue };
-        world.process_at_rank(to).send(&bytes[..]);
+    for packet in packets {
+        let Ok(to) = i32::try_from(packet.to) else {
+            continue;
+        };
+        let process = world.process_at_rank(to);
+        process.send_with_tag(&packet.head[..], HEAD);
+        for body in &packet.bodies {
+            match body {
+                Body::F32(xs) => process.send_with_tag(&xs[..], BODY),
+                Body::F64(xs) => process.send_with_tag(&xs[..], BODY),
+                Body::U16(xs) => process.send_with_tag(&xs[..], BODY),
+                Body::U32(xs) => process.send_with_tag(&xs[..], BODY),
+            }
+        }
     }
 }
 
-/// Probes and receives until `step` says stop: `step` gets each packet as `Some((from,
-/// bytes))`, and `None` whenever nothing has arrived (before a short backoff sleep), and
+/// Receives the bodies a data head announces, from the rank that sent the head (MPI keeps
+/// one sender's messages of one tag in order).
+fn receive_bodies(from: i32, head: &[u8]) -> Result<Vec<Body>> {
+    let manifest = match head.split_first() {
+        Some((&DATA, head)) => wire::manifest(head)?,
+        _ => return Ok(Vec::new()),
+    };
+    let world = SimpleCommunicator::world();
+    let process = world.process_at_rank(from);
+    let mut bodies = Vec::with_capacity(manifest.len());
+    for (kind, len) in manifest {
+        let probed = process.matched_probe_with_tag(BODY);
+        let body = match kind {
+            BodyKind::F32 => Body::F32(probed.matched_receive_vec().0),
+            BodyKind::F64 => Body::F64(probed.matched_receive_vec().0),
+            BodyKind::U16 => Body::U16(probed.matched_receive_vec().0),
+            BodyKind::U32 => Body::U32(probed.matched_receive_vec().0),
+        };
+        if body.len() != len {
+            return Err(Error::Protocol {
+                reason: format!(
+                    "rank {from} announced {len} {kind:?} elements and sent {}",
+                    body.len()
+                ),
+            });
+        }
+        bodies.push(body);
+    }
+    Ok(bodies)
+}
+
+/// Probes and receives until `step` says stop: `step` gets each packet as `Some((from, head,
+/// bodies))`, and `None` whenever nothing has arrived (before a short backoff sleep), and
 /// returns whether to go on.
-fn receive_loop(mut step: impl FnMut(Option<(usize, &[u8])>) -> bool) {
+fn receive_loop(mut step: impl FnMut(Option<(usize, &[u8], Vec<Body>)>) -> bool) {
     let world = SimpleCommunicator::world();
     let mut idle = Duration::from_micros(1);
     loop {
-        let go_on = match world.any_process().immediate_matched_probe() {
+        let go_on = match world.any_process().immediate_matched_probe_with_tag(HEAD) {
             Some(probed) => {
-                let (bytes, status) = probed.matched_receive_vec::<u8>();
-                let from = usize::try_from(status.source_rank()).unwrap_or(usize::MAX);
+                let (head, status) = probed.matched_receive_vec::<u8>();
+                let source = status.source_rank();
+                let from = usize::try_from(source).unwrap_or(usize::MAX);
                 idle = Duration::from_micros(1);
-                step(Some((from, &bytes)))
+                match receive_bodies(source, &head) {
+                    Ok(bodies) => step(Some((from, &head, bodies))),
+                    Err(e) => {
+                        eprintln!("kvstore: refused a packet from rank {from}: {e}");
+                        step(None)
+                    }
+                }
             }
             None => {
                 let go_on = step(None);
@@ -253,8 +309,8 @@ fn serve(endpoint: &mut ServerEndpoint, timeout: Duration, index: usize) {
     let mut last_heard = Instant::now();
     receive_loop(|packet| {
         match packet {
-            Some((from, bytes)) => {
-                if let Err(e) = endpoint.on_packet(from, bytes) {
+            Some((from, head, bodies)) => {
+                if let Err(e) = endpoint.on_packet(from, head, bodies) {
                     eprintln!("kvstore server {index}: refused a packet from rank {from}: {e}");
                 }
                 last_heard = Instant::now();
