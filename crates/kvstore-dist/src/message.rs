@@ -4,6 +4,7 @@
 use kvstore_spec::codec::Compression;
 use kvstore_spec::optimizer::Optimizer;
 use kvstore_spec::{Error, Key, Value};
+use std::sync::Arc;
 
 /// A request's id, unique per worker.
 pub type RequestId = u64;
@@ -94,8 +95,9 @@ pub enum Reply {
     Value {
         /// The request answered.
         id: RequestId,
-        /// The part's value.
-        value: Value,
+        /// The part's value, shared: every pull of one round answers with the same buffer,
+        /// which a transport sends without copying it.
+        value: Arc<Value>,
     },
     /// The request failed and changed nothing on the server.
     Failed {

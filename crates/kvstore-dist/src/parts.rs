@@ -36,11 +36,10 @@ pub fn assemble(key: &Key, shape: &[usize], parts: Vec<Value>) -> Result<Value> 
     if let [Value::Dense(_)] = parts.as_slice() {
         // One part is the whole key, flat: reshape it, moving its elements.
         if let Some(Value::Dense(part)) = parts.into_iter().next() {
-            let tensor = Tensor::new(shape.to_vec(), part.into_data()).map_err(|e| {
-                Error::Protocol {
+            let tensor =
+                Tensor::new(shape.to_vec(), part.into_data()).map_err(|e| Error::Protocol {
                     reason: format!("key {key}: the part does not fill shape {shape:?}: {e}"),
-                }
-            })?;
+                })?;
             return Ok(Value::Dense(tensor));
         }
         return Err(Error::Protocol {

@@ -11,6 +11,7 @@ use kvstore_spec::updater::UpdaterSlot;
 use kvstore_spec::value::{Data, Tensor};
 use kvstore_spec::{sparse, Device, Error, Key, Result, Value};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// A reply and the worker it goes to.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +47,8 @@ struct Queued {
 /// The server's part of one key.
 #[derive(Debug, Clone, PartialEq)]
 struct Slot {
-    value: Value,
+    /// Shared with the pull replies still being sent.
+    value: Arc<Value>,
     /// Per worker, its contributions waiting for a round, oldest first (R51).
     queues: Vec<VecDeque<Queued>>,
     /// Completed rounds (sync) or applied pushes (async).
@@ -69,10 +71,14 @@ struct Parked {
 }
 
 /// What a pull of `rows` (all rows when `None`) reads of a stored part.
-fn read(value: &Value, rows: Option<&[i64]>) -> Result<Value> {
+fn read(value: &Arc<Value>, rows: Option<&[i64]>) -> Result<Arc<Value>> {
     match rows {
-        None => Ok(value.clone()),
-        Some(ids) => Ok(Value::RowSparse(sparse::retain(value, ids, value.dtype())?)),
+        None => Ok(Arc::clone(value)),
+        Some(ids) => Ok(Arc::new(Value::RowSparse(sparse::retain(
+            value,
+            ids,
+            value.dtype(),
+        )?))),
     }
 }
 
@@ -144,7 +150,7 @@ impl Server {
 
     /// The part of `key` this server holds.
     pub fn value(&self, key: &Key) -> Option<&Value> {
-        self.keys.get(key).map(|s| &s.value)
+        self.keys.get(key).map(|s| &*s.value)
     }
 
     /// Completed rounds (sync) or applied pushes (async) of `key`'s part.
@@ -244,7 +250,7 @@ impl Server {
             .map(OptimizerUpdater::new)
             .transpose()?;
         let slot = Slot {
-            value: value.on(Device::Cpu(0)),
+            value: Arc::new(value.on(Device::Cpu(0))),
             queues: vec![VecDeque::new(); self.config.workers],
             rounds: 0,
             parked: Vec::new(),
@@ -318,8 +324,14 @@ impl Server {
             .filter_map(|&(w, i)| slot.queues.get(w).and_then(|q| q.get(i)))
             .map(|q| &q.value)
             .collect();
-        let sum = crate::parts::sum(key, &contributions, slot.value.dtype())?.into_owned();
-        let (next, optimizer) = apply(key, &slot.value, slot.optimizer.as_ref(), sum)?;
+        let summed_in_place =
+            slot.optimizer.is_none() && sum_in_place(&mut slot.value, &contributions);
+        let next = if summed_in_place {
+            None
+        } else {
+            let sum = crate::parts::sum(key, &contributions, slot.value.dtype())?.into_owned();
+            Some(apply(key, &slot.value, slot.optimizer.as_ref(), sum)?)
+        };
         // Commit: nothing below can fail.
         let mut out = Vec::new();
         let mut removed: Vec<(usize, usize)> = taken;
@@ -333,8 +345,10 @@ impl Server {
             }
         }
         out.sort_by_key(|o| o.to);
-        slot.value = next;
-        slot.optimizer = optimizer;
+        if let Some((next, optimizer)) = next {
+            slot.value = Arc::new(next);
+            slot.optimizer = optimizer;
+        }
         slot.rounds += 1;
         if !faults.has(Fault::ParkedPullsForgotten) {
             let late = faults.has(Fault::PullWaitsForLaterPushes);
@@ -386,7 +400,7 @@ impl Server {
             });
         }
         let (next, optimizer) = apply(key, &slot.value, slot.optimizer.as_ref(), value)?;
-        slot.value = next;
+        slot.value = Arc::new(next);
         slot.optimizer = optimizer;
         slot.rounds += 1;
         Ok(vec![Outgoing {
@@ -522,6 +536,31 @@ fn take_round(
         .map(|(w, _)| (w, 0))
         .collect();
     (ready.len() >= needed).then_some(ready)
+}
+
+/// Without an optimizer a round's sum replaces the stored part, so when nothing else holds
+/// the stored buffer (no reply still being sent) and every value is dense f32 of its length,
+/// the sum is written over it: no new 16 MB buffer, no page faults. The kernel is the one
+/// `parts::sum` uses, so the bits are the same. Returns whether it did; it fails never, and
+/// does nothing unless it can do it all.
+fn sum_in_place(stored: &mut Arc<Value>, contributions: &[&Value]) -> bool {
+    let Some(Value::Dense(tensor)) = Arc::get_mut(stored) else {
+        return false;
+    };
+    let Some(out) = tensor.f32_mut() else {
+        return false;
+    };
+    let inputs: Option<Vec<&[f32]>> = contributions
+        .iter()
+        .map(|v| match v {
+            Value::Dense(t) => t.f32s().filter(|xs| xs.len() == out.len()),
+            Value::RowSparse(_) => None,
+        })
+        .collect();
+    match inputs {
+        Some(inputs) if !inputs.is_empty() => kvstore_cpu::sum_into(out, &inputs).is_ok(),
+        _ => false,
+    }
 }
 
 /// The stored value after `update`: replaced (keeping the update's storage type, R19) or run

@@ -16,6 +16,7 @@ use kvstore_spec::optimizer::Optimizer;
 use kvstore_spec::value::{Data, RowSparse, Tensor};
 use kvstore_spec::{DType, Device, Error, Key, Result, Value};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A message between a worker and a server.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +48,9 @@ pub enum Body {
     U16(Vec<u16>),
     /// A quantised push's packed words.
     U32(Vec<u32>),
+    /// The float32 elements of a value others hold too (a server's part, answering several
+    /// pulls): sent from the shared buffer, never copied.
+    Shared(Arc<Value>),
 }
 
 /// What a body holds, as the manifest records it.
@@ -91,10 +95,19 @@ impl Body {
     /// Its kind.
     pub fn kind(&self) -> BodyKind {
         match self {
-            Body::F32(_) => BodyKind::F32,
+            Body::F32(_) | Body::Shared(_) => BodyKind::F32,
             Body::F64(_) => BodyKind::F64,
             Body::U16(_) => BodyKind::U16,
             Body::U32(_) => BodyKind::U32,
+        }
+    }
+
+    /// The float32 elements, for [`Body::F32`] and [`Body::Shared`].
+    pub fn f32s(&self) -> Option<&[f32]> {
+        match self {
+            Body::F32(xs) => Some(xs),
+            Body::Shared(value) => shared_f32s(value),
+            _ => None,
         }
     }
 
@@ -105,6 +118,7 @@ impl Body {
             Body::F64(xs) => xs.len(),
             Body::U16(xs) => xs.len(),
             Body::U32(xs) => xs.len(),
+            Body::Shared(value) => shared_f32s(value).map_or(0, <[f32]>::len),
         }
     }
 
@@ -127,6 +141,9 @@ impl Body {
     fn into_data(self, dtype: DType) -> Result<Data> {
         Ok(match (dtype, self) {
             (DType::F32, Body::F32(xs)) => Data::F32(xs),
+            (DType::F32, Body::Shared(value)) => {
+                Data::F32(shared_f32s(&value).unwrap_or_default().to_vec())
+            }
             (DType::F64, Body::F64(xs)) => Data::F64(xs),
             (DType::F16, Body::U16(xs)) => {
                 Data::F16(xs.into_iter().map(half::f16::from_bits).collect())
@@ -144,10 +161,22 @@ impl Body {
 
     fn write_le(&self, out: &mut Vec<u8>) {
         match self {
-            Body::F32(xs) => xs.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Body::F64(xs) => xs.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Body::U16(xs) => xs.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Body::U32(xs) => xs.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Body::F32(xs) => xs
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Body::F64(xs) => xs
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Body::U16(xs) => xs
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Body::U32(xs) => xs
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Body::Shared(value) => shared_f32s(value)
+                .unwrap_or_default()
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         }
     }
 
@@ -179,6 +208,14 @@ impl Body {
                     .collect(),
             ),
         }
+    }
+}
+
+/// A value's float32 elements, dense or row_sparse.
+fn shared_f32s(value: &Value) -> Option<&[f32]> {
+    match value {
+        Value::Dense(t) => t.f32s(),
+        Value::RowSparse(r) => r.f32s(),
     }
 }
 
@@ -303,9 +340,12 @@ fn read_manifest(bytes: &[u8]) -> Result<(Vec<(BodyKind, usize)>, usize)> {
     let malformed = |reason: String| Error::Protocol { reason };
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8]> {
-        let end = at.checked_add(n).filter(|&e| e <= bytes.len()).ok_or_else(|| {
-            malformed(format!("{} bytes cannot hold a message head", bytes.len()))
-        })?;
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| {
+                malformed(format!("{} bytes cannot hold a message head", bytes.len()))
+            })?;
         let slice = bytes.get(at..end).unwrap_or_default();
         at = end;
         Ok(slice)
@@ -375,10 +415,26 @@ impl Frame {
                 Skeleton::SetOptimizer { id, optimizer }
             }
             Message::Reply(Reply::Done { id }) => Skeleton::Done { id },
-            Message::Reply(Reply::Value { id, value }) => Skeleton::Value {
-                id,
-                value: head(value),
-            },
+            Message::Reply(Reply::Value { id, value }) => {
+                let value = match Arc::try_unwrap(value) {
+                    Ok(owned) => head(owned),
+                    Err(shared) if shared_f32s(&shared).is_some() => {
+                        let head = ValueHead {
+                            shape: shared.shape().to_vec(),
+                            ids: match &*shared {
+                                Value::Dense(_) => None,
+                                Value::RowSparse(r) => Some(r.ids().to_vec()),
+                            },
+                            dtype: shared.dtype(),
+                            device: shared.device(),
+                        };
+                        bodies.push(Body::Shared(shared));
+                        head
+                    }
+                    Err(shared) => head((*shared).clone()),
+                };
+                Skeleton::Value { id, value }
+            }
             Message::Reply(Reply::Failed { id, error }) => Skeleton::Failed { id, error },
         };
         let skeleton = serde_json::to_vec(&skeleton).map_err(|e| Error::Protocol {
@@ -419,8 +475,9 @@ impl Frame {
             )));
         }
         let skeleton_at = 4 + 9 * manifest.len() + 4;
-        let skeleton: Skeleton = serde_json::from_slice(self.head.get(skeleton_at..).unwrap_or_default())
-            .map_err(|e| malformed(format!("unreadable message skeleton: {e}")))?;
+        let skeleton: Skeleton =
+            serde_json::from_slice(self.head.get(skeleton_at..).unwrap_or_default())
+                .map_err(|e| malformed(format!("unreadable message skeleton: {e}")))?;
         let mut bodies = self.bodies.into_iter();
         let mut next = move || {
             bodies
@@ -465,7 +522,7 @@ impl Frame {
             Skeleton::Done { id } => Message::Reply(Reply::Done { id }),
             Skeleton::Value { id, value: v } => Message::Reply(Reply::Value {
                 id,
-                value: value(v)?,
+                value: Arc::new(value(v)?),
             }),
             Skeleton::Failed { id, error } => Message::Reply(Reply::Failed { id, error }),
         };
@@ -475,4 +532,3 @@ impl Frame {
         Ok(message)
     }
 }
-

@@ -15,6 +15,7 @@ use kvstore_spec::optimizer::Optimizer;
 use kvstore_spec::value::StorageType;
 use kvstore_spec::{sparse, transfer, DType, Error, Key, Result, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// An operation's id, unique per worker.
 pub type OpId = u64;
@@ -408,7 +409,10 @@ impl Worker {
                     .get_mut(key_index)
                     .and_then(|pulling| pulling.parts.get_mut(part_index));
                 match slot {
-                    Some(slot) => *slot = Some(value),
+                    // The only holder once a transport decoded it: moved, not copied.
+                    Some(slot) => {
+                        *slot = Some(Arc::try_unwrap(value).unwrap_or_else(|v| (*v).clone()))
+                    }
                     None => {
                         return Err(Error::Protocol {
                             reason: format!(

@@ -138,7 +138,7 @@ fn r65_a_reply_to_nothing_in_flight_is_refused_and_changes_nothing() {
         Reply::Done { id: 0 },
         Reply::Value {
             id: 3,
-            value: flat(&[1.0]),
+            value: std::sync::Arc::new(flat(&[1.0])),
         },
         Reply::Failed {
             id: 9,
@@ -154,7 +154,7 @@ fn r65_a_reply_to_nothing_in_flight_is_refused_and_changes_nothing() {
     let during = w.clone();
     let reply = Reply::Value {
         id,
-        value: flat(&[1.0]),
+        value: std::sync::Arc::new(flat(&[1.0])),
     };
     assert!(matches!(w.handle(0, reply), Err(Error::Protocol { .. })));
     assert_eq!(w, during);

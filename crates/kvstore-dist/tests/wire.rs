@@ -92,7 +92,10 @@ fn message() -> impl Strategy<Value = Message> {
             Message::Request(Request::SetOptimizer { id, optimizer })
         }),
         any::<u64>().prop_map(|id| Message::Reply(Reply::Done { id })),
-        (any::<u64>(), value()).prop_map(|(id, value)| Message::Reply(Reply::Value { id, value })),
+        (any::<u64>(), value()).prop_map(|(id, value)| Message::Reply(Reply::Value {
+            id,
+            value: std::sync::Arc::new(value)
+        })),
         (any::<u64>(), key()).prop_map(|(id, key)| {
             let error = Error::IncompleteRound {
                 key,

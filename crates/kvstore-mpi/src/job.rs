@@ -8,10 +8,10 @@
 //! cannot deadlock (MPI's rendezvous protocol would with one thread doing both).
 
 use crate::endpoint::{Packet, ServerEndpoint, WorkerEndpoint, DATA};
-use kvstore_dist::wire::{self, Body, BodyKind};
 use crate::handle::Handle;
 use crate::roles::{Role, Roles};
 use crate::Options;
+use kvstore_dist::wire::{self, Body, BodyKind};
 use kvstore_dist::{Faults, Layout, Outcome, Server, ServerConfig, Worker, WorkerConfig};
 use kvstore_spec::codec::Compression;
 use kvstore_spec::kind::{Kind, StoreClass};
@@ -226,7 +226,9 @@ fn send_loop(packets: mpsc::Receiver<Packet>) {
         process.send_with_tag(&packet.head[..], HEAD);
         for body in &packet.bodies {
             match body {
-                Body::F32(xs) => process.send_with_tag(&xs[..], BODY),
+                Body::F32(_) | Body::Shared(_) => {
+                    process.send_with_tag(body.f32s().unwrap_or_default(), BODY);
+                }
                 Body::F64(xs) => process.send_with_tag(&xs[..], BODY),
                 Body::U16(xs) => process.send_with_tag(&xs[..], BODY),
                 Body::U32(xs) => process.send_with_tag(&xs[..], BODY),
