@@ -11,6 +11,7 @@
 //! is kept only when the whole call succeeds (R7: a failing call changes nothing).
 
 use crate::codec::{Compression, Residual};
+use crate::command::ServerCommand;
 use crate::error::{Error, Result};
 use crate::key::{self, Key, KeyType};
 use crate::kind::{Kind, StoreClass};
@@ -548,6 +549,17 @@ impl DistStore {
         self.check_rank(rank)?;
         self.updater = Some(UpdaterSlot::Optimizer(OptimizerUpdater::new(optimizer)?));
         Ok(())
+    }
+
+    /// R67: a server command from worker `rank` ([`ServerCommand::parse`]). Head 0 installs the
+    /// optimizer as [`DistStore::set_optimizer`] does; head 4 is checked and changes nothing;
+    /// every other head is refused, and nothing changes.
+    pub fn send_command_to_servers(&mut self, rank: usize, head: i32, body: &str) -> Result<()> {
+        self.check_rank(rank)?;
+        match ServerCommand::parse(head, body, self.kind.name())? {
+            ServerCommand::SetOptimizer(optimizer) => self.set_optimizer(rank, optimizer),
+            ServerCommand::GradientCompression(_) => Ok(()),
+        }
     }
 
     /// Installs a custom server-side updater (R21, R54).
@@ -1318,6 +1330,59 @@ mod tests {
         round(&mut kv);
         // A fresh momentum buffer: m = -step, w = -step + m (with the old one, m = 0.9 * -step - step).
         assert_eq!(stored(&kv, &k(1)), vec![-step + -step, -step + -step]);
+    }
+
+    #[test]
+    fn r67_server_commands_install_optimizers_check_compression_and_refuse_the_rest() {
+        let mut kv = store("dist_sync", 2);
+        init_all(&mut kv, &k(1), &full(0.0));
+        let sgd = Optimizer::Sgd(Sgd {
+            learning_rate: 0.5,
+            ..Sgd::default()
+        });
+        let json = serde_json::to_string(&sgd).unwrap();
+        let before = kv.observable();
+        // Refused heads, unreadable bodies and bad compression settings change nothing.
+        for (head, body) in [
+            (1, ""),
+            (2, ""),
+            (3, ""),
+            (5, "0"),
+            (6, ""),
+            (-1, ""),
+            (0, "not json"),
+            (0, "{\"Sgd\": {\"learning_rate\": -1.0}}"),
+            (4, "3bit"),
+            (4, "2bit,x"),
+        ] {
+            let error = kv.send_command_to_servers(0, head, body).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    Error::UnsupportedOperation { .. }
+                        | Error::InvalidOptimizer { .. }
+                        | Error::InvalidCompression { .. }
+                ),
+                "head {head}, body {body:?}: {error:?}"
+            );
+            assert_eq!(kv.observable(), before, "head {head}, body {body:?}");
+        }
+        assert!(matches!(
+            kv.send_command_to_servers(2, 0, &json),
+            Err(Error::UnknownWorker { rank: 2, .. })
+        ));
+        // Head 4: checked, acknowledged, nothing to keep.
+        kv.send_command_to_servers(1, 4, "2bit,0.25").unwrap();
+        kv.send_command_to_servers(1, 4, "1bit").unwrap();
+        assert_eq!(kv.observable(), before);
+        // Head 0 is set_optimizer.
+        let mut twin = kv.clone();
+        kv.send_command_to_servers(1, 0, &json).unwrap();
+        twin.set_optimizer(1, sgd).unwrap();
+        assert_eq!(kv.observable(), twin.observable());
+        kv.push(0, &[(k(1), full(1.0))]).unwrap();
+        kv.push(1, &[(k(1), full(1.0))]).unwrap();
+        assert_eq!(stored(&kv, &k(1)), vec![-1.0, -1.0]);
     }
 
     #[test]

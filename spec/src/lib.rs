@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod command;
 pub mod dist;
 pub mod error;
 pub mod key;

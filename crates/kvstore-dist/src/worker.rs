@@ -11,6 +11,7 @@ use crate::layout::{Layout, Part};
 use crate::message::{Payload, Reply, Request, RequestId};
 use crate::parts;
 use kvstore_spec::codec::Compression;
+use kvstore_spec::command::ServerCommand;
 use kvstore_spec::optimizer::Optimizer;
 use kvstore_spec::value::StorageType;
 use kvstore_spec::{sparse, transfer, DType, Error, Key, Result, Value};
@@ -377,6 +378,19 @@ impl Worker {
             })
             .collect();
         Ok(self.start(op, sends, Vec::new(), Vec::new()))
+    }
+
+    /// A server command (R67): head 0 is `set_optimizer` with the optimizer as JSON; head 4 is
+    /// checked and completes at once (servers keep no compression setting); every other head
+    /// is refused before anything is sent. `kind` names the store in errors.
+    pub fn send_command(&mut self, head: i32, body: &str, kind: &str) -> Result<(OpId, Effects)> {
+        match ServerCommand::parse(head, body, kind)? {
+            ServerCommand::SetOptimizer(optimizer) => self.set_optimizer(&optimizer),
+            ServerCommand::GradientCompression(_) => {
+                let op = self.next_op();
+                Ok(self.start(op, Vec::new(), Vec::new(), Vec::new()))
+            }
+        }
     }
 
     /// Turns compression on for later pushes; new parameters reset the residuals (decision 9).

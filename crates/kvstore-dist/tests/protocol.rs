@@ -187,3 +187,42 @@ fn r59_a_push_with_a_bad_value_sends_nothing_and_keeps_the_residuals() {
     servers.sort_unstable();
     assert_eq!(servers.len(), 3);
 }
+
+#[test]
+fn r67_a_server_command_is_checked_before_anything_is_sent() {
+    let layout = Layout::new(3, 4).unwrap();
+    let mut w = Worker::new(WorkerConfig {
+        rank: 0,
+        workers: 1,
+        layout,
+        faults: Faults::NONE,
+    });
+    let before = w.clone();
+    for (head, body) in [(2, ""), (7, ""), (0, "{"), (4, "4bit")] {
+        assert!(
+            w.send_command(head, body, "dist_sync").is_err(),
+            "head {head}"
+        );
+        assert_eq!(w, before, "head {head}");
+    }
+    // Head 4: nothing to send, done at once.
+    let (op, effects) = w.send_command(4, "2bit,0.5", "dist_sync").unwrap();
+    assert!(effects.sends.is_empty());
+    assert_eq!(effects.completions.len(), 1);
+    assert_eq!(effects.completions[0].op, op);
+    assert!(effects.completions[0].result.is_ok());
+    // Head 0: the optimizer goes to every server.
+    let sgd = kvstore_spec::optimizer::Optimizer::Sgd(kvstore_spec::optimizer::Sgd::default());
+    let json = serde_json::to_string(&sgd).unwrap();
+    let (_, effects) = w.send_command(0, &json, "dist_sync").unwrap();
+    let mut servers: Vec<usize> = effects
+        .sends
+        .iter()
+        .filter(
+            |s| matches!(&s.request, Request::SetOptimizer { optimizer, .. } if *optimizer == sgd),
+        )
+        .map(|s| s.server)
+        .collect();
+    servers.sort_unstable();
+    assert_eq!(servers, vec![0, 1, 2]);
+}

@@ -49,6 +49,17 @@ pub trait Handle {
     /// Installs a fresh optimizer as the updater (R57).
     fn set_optimizer(&self, optimizer: &Optimizer) -> Result<()>;
 
+    /// A server command (R67, `kvstore_spec::command`): head 0 installs an optimizer given as
+    /// JSON, head 4 checks a compression setting; other heads are refused. A layout without
+    /// servers refuses every head.
+    fn send_command_to_servers(&self, head: i32, body: &str) -> Result<()> {
+        let _ = body;
+        Err(kvstore_spec::Error::UnsupportedOperation {
+            op: format!("send_command_to_servers head {head} (this layout has no servers)"),
+            kind: "dist".into(),
+        })
+    }
+
     /// Compresses this worker's later pushes (R55). Collective: every worker calls it.
     fn set_gradient_compression(&self, compression: Compression) -> Result<()>;
 

@@ -31,6 +31,8 @@ pub struct DistKv<'a> {
     endpoint: &'a WorkerEndpoint,
     rank: usize,
     workers: usize,
+    /// The store kind's name, for errors.
+    kind: String,
 }
 
 impl DistKv<'_> {
@@ -84,6 +86,13 @@ impl Handle for DistKv<'_> {
         self.endpoint.wait(op).map(drop)
     }
 
+    fn send_command_to_servers(&self, head: i32, body: &str) -> Result<()> {
+        let op = self
+            .endpoint
+            .issue(|w| w.send_command(head, body, &self.kind))?;
+        self.endpoint.wait(op).map(drop)
+    }
+
     fn set_gradient_compression(&self, compression: Compression) -> Result<()> {
         self.endpoint.issue(|w| {
             w.set_gradient_compression(compression);
@@ -107,6 +116,9 @@ pub fn launch<T>(
     body: impl FnOnce(&dyn Handle) -> Result<T>,
 ) -> Result<Option<T>> {
     let kind = Kind::parse(kind)?;
+    if kind.name().contains("allreduce") {
+        return crate::allreduce::launch(&kind, options, body);
+    }
     if kind.class() != StoreClass::Dist {
         return Err(Error::UnsupportedKind {
             kind: kind.name().into(),
@@ -168,6 +180,7 @@ pub fn launch<T>(
                     endpoint,
                     rank: w,
                     workers: roles.workers(),
+                    kind: kind.name().to_string(),
                 };
                 let result = body(&kv);
                 // Always stop, so the servers exit and the sender (whose last outbox `stop`
