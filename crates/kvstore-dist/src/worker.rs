@@ -12,6 +12,7 @@ use crate::message::{Payload, Reply, Request, RequestId};
 use crate::parts;
 use kvstore_spec::codec::Compression;
 use kvstore_spec::command::ServerCommand;
+use kvstore_spec::key::{self, KeyType};
 use kvstore_spec::optimizer::Optimizer;
 use kvstore_spec::value::StorageType;
 use kvstore_spec::{sparse, transfer, DType, Error, Key, Result, Value};
@@ -129,6 +130,8 @@ pub struct Worker {
     config: WorkerConfig,
     keys: BTreeMap<Key, KeyMeta>,
     compression: Option<Compression>,
+    /// Int or string keys, fixed by the first call with keys (R8).
+    key_type: Option<KeyType>,
     /// Error feedback per (key, part index), carried between pushes (R55).
     residuals: BTreeMap<(Key, usize), Vec<f32>>,
     next_request: RequestId,
@@ -144,6 +147,7 @@ impl std::hash::Hash for Worker {
         self.config.hash(state);
         self.keys.hash(state);
         self.compression.map(|c| format!("{c:?}")).hash(state);
+        self.key_type.hash(state);
         for (slot, residual) in &self.residuals {
             slot.hash(state);
             residual.iter().for_each(|x| x.to_bits().hash(state));
@@ -174,6 +178,7 @@ impl Worker {
             config,
             keys: BTreeMap::new(),
             compression: None,
+            key_type: None,
             residuals: BTreeMap::new(),
             next_request: 0,
             next_op: 0,
@@ -196,6 +201,7 @@ impl Worker {
     /// and waits for every server to acknowledge; then all workers meet in a barrier, so no
     /// worker reads a key before it is stored.
     pub fn init(&mut self, pairs: &[(Key, Value)]) -> Result<(OpId, Effects)> {
+        let key_type = self.key_type_with(pairs.iter().map(|(k, _)| k))?;
         let mut metas = BTreeMap::new();
         for (key, value) in pairs {
             if self.keys.contains_key(key) || metas.contains_key(key) {
@@ -222,6 +228,7 @@ impl Worker {
             }
         }
         self.keys.extend(metas);
+        self.key_type = key_type;
         let op = self.next_op();
         let barrier = self.request(op, 0, 0, 0, |id| Request::Barrier { id });
         let mut sends = Vec::new();
@@ -234,6 +241,7 @@ impl Worker {
     /// Pushes (R51, R54, R55): per key (key order), the worker's own values are summed in the
     /// key's dtype, quantised when compression is on, and sent part by part.
     pub fn push(&mut self, pairs: &[(Key, Value)]) -> Result<(OpId, Effects)> {
+        let key_type = self.key_type_with(pairs.iter().map(|(k, _)| k))?;
         let mut groups: BTreeMap<&Key, Vec<&Value>> = BTreeMap::new();
         for (key, value) in pairs {
             groups.entry(key).or_default().push(value);
@@ -278,6 +286,7 @@ impl Worker {
             }
         }
         self.residuals = residuals;
+        self.key_type = key_type;
         let op = self.next_op();
         let sends = payloads
             .into_iter()
@@ -302,6 +311,7 @@ impl Worker {
         keys: &[Key],
         row_ids: &[Vec<i64>],
     ) -> Result<(OpId, Effects)> {
+        self.key_type_with(keys)?;
         if row_ids.len() != 1 && row_ids.len() != keys.len() {
             return Err(Error::RowIdsCountMismatch {
                 row_ids: row_ids.len(),
@@ -327,12 +337,14 @@ impl Worker {
     /// has its rows picked there (only those rows travel). Servers hold dense keys flat, in
     /// parts that cut across rows, so their parts come whole and the rows are picked here.
     fn read(&mut self, reads: Vec<(Key, Option<Vec<i64>>)>) -> Result<(OpId, Effects)> {
+        let key_type = self.key_type_with(reads.iter().map(|(k, _)| k))?;
         let mut plan = Vec::new();
         for (key, rows) in reads {
             let meta = self.meta(&key)?;
             let remote = meta.stype == StorageType::RowSparse;
             plan.push((key, rows, meta.shape.clone(), meta.parts.clone(), remote));
         }
+        self.key_type = key_type;
         let op = self.next_op();
         let mut sends = Vec::new();
         let mut pulled = Vec::new();
@@ -465,6 +477,17 @@ impl Worker {
             sends: Vec::new(),
             completions,
         }
+    }
+
+    /// The key type after a call with `keys` (R8): fixed by the first call that carries keys;
+    /// later calls must match. The caller stores it once the call cannot fail any more.
+    fn key_type_with<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a Key>,
+    ) -> Result<Option<KeyType>> {
+        let mut key_type = self.key_type;
+        key::fix_key_type(&mut key_type, keys)?;
+        Ok(key_type)
     }
 
     fn meta(&self, key: &Key) -> Result<&KeyMeta> {

@@ -1,7 +1,8 @@
 //! The protocol against the spec's `DistStore`: W workers and S servers on a simulated network
 //! that delivers each link in order and interleaves links as proptest chooses. Every dist_sync
 //! pull returns, bit for bit, the spec's value after the round its worker last pushed into
-//! (R51, R52, R55, R63), and every call fails exactly when the spec's does, with the same error.
+//! (R51, R52, R55, R63), and every call fails exactly when the spec's does, with the same error
+//! (R8 key types, R30-R33 row ids, R18 shapes).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use kvstore_dist::{Completion, Effects, Faults, Layout, OpId, Outcome, Reply, Request, Server};
@@ -26,6 +27,8 @@ enum Op {
     RowSparsePull(usize, Vec<usize>, Vec<Vec<i64>>),
     /// A key nobody initialised.
     PullUnknown(usize),
+    /// A string key where the store's keys are ints (R8), pushed or pulled.
+    OtherKeyType(usize, bool),
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,7 @@ fn op(workers: usize) -> impl Strategy<Value = Op> {
         )
             .prop_map(|(w, k, ids)| Op::RowSparsePull(w, k, ids)),
         1 => (0..workers).prop_map(Op::PullUnknown),
+        1 => (0..workers, any::<bool>()).prop_map(|(w, push)| Op::OtherKeyType(w, push)),
     ]
 }
 
@@ -293,6 +297,23 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
                     let own = keys.iter().map(|&k| pushed[*rank][k]).collect();
                     waiting.push((*rank, id, keys.clone(), own, Some(ids.clone())));
                 }
+            }
+            Op::OtherKeyType(rank, push) => {
+                let named = Key::from("w");
+                let pairs = [(named.clone(), dense(&[0.0]))];
+                let (expected, got) = if *push {
+                    (
+                        spec.push(*rank, &pairs).err(),
+                        cluster.workers[*rank].push(&pairs).err(),
+                    )
+                } else {
+                    (
+                        spec.pull(*rank, &pairs, true).err(),
+                        cluster.workers[*rank].pull(&[named]).err(),
+                    )
+                };
+                prop_assert!(expected.is_some());
+                prop_assert_eq!(expected, got);
             }
             Op::PullUnknown(rank) => {
                 let unknown = Key::Int(99);
