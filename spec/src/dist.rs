@@ -567,14 +567,53 @@ impl DistStore {
         self.updater = Some(UpdaterSlot::Custom(updater));
     }
 
-    /// Always `UnsupportedOperation` (R57; MXNet: "Cannot save states for distributed training").
-    pub fn save_optimizer_states(&self, _dump_optimizer: bool) -> Result<Vec<u8>> {
-        Err(self.unsupported("save_optimizer_states"))
+    /// R68: the servers' optimizer states, per key as one logical server holds them, in the
+    /// format of R47 (and the optimizer too when `dump_optimizer`). MXNet refuses this ("Cannot
+    /// save states for distributed training"). Without an optimizer: `NoOptimizer`.
+    pub fn save_optimizer_states(&self, dump_optimizer: bool) -> Result<Vec<u8>> {
+        match &self.updater {
+            Some(UpdaterSlot::Optimizer(o)) => o.save(dump_optimizer),
+            _ => Err(Error::NoOptimizer),
+        }
     }
 
-    /// Always `UnsupportedOperation` (R57).
-    pub fn load_optimizer_states(&mut self, _bytes: &[u8]) -> Result<()> {
-        Err(self.unsupported("load_optimizer_states"))
+    /// R68: replaces the servers' optimizer states (and the optimizer when the bytes carry
+    /// one), as R47 does locally. Stricter than local: every state must belong to an
+    /// initialised key and have its shape, else `InvalidState` (the servers hold keys in
+    /// parts, so a state that does not fit cannot be cut). A failing call changes nothing.
+    /// A worker checks the bytes before it asks the servers, so unreadable or unfitting bytes
+    /// are `InvalidState` even where no optimizer is set.
+    pub fn load_optimizer_states(&mut self, bytes: &[u8]) -> Result<()> {
+        let (states, optimizer) = crate::optimizer::read_saved(bytes)?;
+        for (key, state) in &states {
+            let stored = self.keys.get(key).ok_or_else(|| Error::InvalidState {
+                reason: format!("a state for key {key}, which is not initialised"),
+            })?;
+            check_state_fits(key, state, &stored.value)?;
+        }
+        let Some(UpdaterSlot::Optimizer(o)) = &self.updater else {
+            return Err(Error::NoOptimizer);
+        };
+        let next = OptimizerUpdater::with_states(
+            optimizer.unwrap_or_else(|| o.optimizer().clone()),
+            states,
+        )?;
+        self.updater = Some(UpdaterSlot::Optimizer(next));
+        Ok(())
+    }
+}
+
+/// R68: a loaded state must have its key's shape.
+pub fn check_state_fits(key: &Key, state: &crate::optimizer::State, stored: &Value) -> Result<()> {
+    match state {
+        Some(t) if t.shape() != stored.shape() => Err(Error::InvalidState {
+            reason: format!(
+                "key {key}: a state of shape {:?} for a value of shape {:?}",
+                t.shape(),
+                stored.shape()
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -1286,21 +1325,72 @@ mod tests {
     }
 
     #[test]
-    fn r57_optimizer_states_cannot_be_saved_or_loaded() {
+    fn r68_optimizer_states_are_saved_and_loaded_from_the_servers() {
         let mut kv = store("dist_sync", 2);
-        kv.set_optimizer(0, Optimizer::Sgd(Sgd::default())).unwrap();
         assert!(matches!(
             kv.save_optimizer_states(true),
-            Err(Error::UnsupportedOperation { .. })
-        ));
-        assert!(matches!(
-            kv.save_optimizer_states(false),
-            Err(Error::UnsupportedOperation { .. })
+            Err(Error::NoOptimizer)
         ));
         assert!(matches!(
             kv.load_optimizer_states(b"{}"),
-            Err(Error::UnsupportedOperation { .. })
+            Err(Error::InvalidState { .. })
         ));
+        init_all(&mut kv, &k(1), &full(0.0));
+        let empty = OptimizerUpdater::new(Optimizer::Sgd(Sgd::default()))
+            .unwrap()
+            .save(false)
+            .unwrap();
+        assert!(matches!(
+            kv.load_optimizer_states(&empty),
+            Err(Error::NoOptimizer)
+        ));
+        let sgd = Optimizer::Sgd(Sgd {
+            learning_rate: 1.0,
+            momentum: 0.5,
+            ..Sgd::default()
+        });
+        kv.set_optimizer(0, sgd).unwrap();
+        let round = |kv: &mut DistStore| {
+            kv.push(0, &[(k(1), full(0.5))]).unwrap();
+            kv.push(1, &[(k(1), full(0.5))]).unwrap();
+        };
+        // MXNet's local example (semantics §8.2), here across two workers: w = -1, save,
+        // w = -2.5, load, w = -4 (the momentum restored to its value after step 1).
+        round(&mut kv);
+        assert_eq!(stored(&kv, &k(1)), vec![-1.0, -1.0]);
+        let saved = kv.save_optimizer_states(false).unwrap();
+        round(&mut kv);
+        assert_eq!(stored(&kv, &k(1)), vec![-2.5, -2.5]);
+        kv.load_optimizer_states(&saved).unwrap();
+        round(&mut kv);
+        assert_eq!(stored(&kv, &k(1)), vec![-4.0, -4.0]);
+        // A state that does not fit, or for an unknown key, is refused and changes nothing.
+        let before = kv.observable();
+        let file = |key: Key, state: crate::optimizer::State| {
+            let states = BTreeMap::from([(key, state)]);
+            let sgd = Optimizer::Sgd(Sgd::default());
+            OptimizerUpdater::with_states(sgd, states)
+                .unwrap()
+                .save(false)
+                .unwrap()
+        };
+        let misfit = file(k(1), Some(Tensor::zeros([3], DType::F32).unwrap()));
+        let error = kv.load_optimizer_states(&misfit).unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidState { reason } if reason.contains("shape")),
+            "{error:?}"
+        );
+        let unknown = file(k(9), None);
+        let error = kv.load_optimizer_states(&unknown).unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidState { reason } if reason.contains("not initialised")),
+            "{error:?}"
+        );
+        assert!(matches!(
+            kv.load_optimizer_states(b"{}"),
+            Err(Error::InvalidState { .. })
+        ));
+        assert_eq!(kv.observable(), before);
     }
 
     #[test]

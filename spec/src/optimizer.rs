@@ -173,25 +173,33 @@ impl OptimizerUpdater {
 
     /// Replaces the states, and the optimizer when the saved bytes carry one (R47).
     pub fn load(&mut self, bytes: &[u8]) -> Result<()> {
-        let saved: SavedStates =
-            serde_json::from_slice(bytes).map_err(|e| Error::InvalidState {
-                reason: e.to_string(),
-            })?;
-        if saved.format != FORMAT || saved.version != VERSION {
-            return Err(Error::InvalidState {
-                reason: format!(
-                    "expected {FORMAT} version {VERSION}, found {} version {}",
-                    saved.format, saved.version
-                ),
-            });
-        }
-        if let Some(optimizer) = saved.optimizer {
-            optimizer.validate()?;
+        let (states, optimizer) = read_saved(bytes)?;
+        if let Some(optimizer) = optimizer {
             self.optimizer = optimizer;
         }
-        self.states = saved.states.into_iter().collect();
+        self.states = states;
         Ok(())
     }
+}
+
+/// What saved states hold (R47): the per-key states, and the optimizer (validated) when they
+/// were saved with `dump_optimizer`. Unreadable bytes are `InvalidState`.
+pub fn read_saved(bytes: &[u8]) -> Result<(BTreeMap<Key, State>, Option<Optimizer>)> {
+    let saved: SavedStates = serde_json::from_slice(bytes).map_err(|e| Error::InvalidState {
+        reason: e.to_string(),
+    })?;
+    if saved.format != FORMAT || saved.version != VERSION {
+        return Err(Error::InvalidState {
+            reason: format!(
+                "expected {FORMAT} version {VERSION}, found {} version {}",
+                saved.format, saved.version
+            ),
+        });
+    }
+    if let Some(optimizer) = &saved.optimizer {
+        optimizer.validate()?;
+    }
+    Ok((saved.states.into_iter().collect(), saved.optimizer))
 }
 
 impl Updater for OptimizerUpdater {

@@ -2,7 +2,7 @@
 //! every reply names the request it answers. Links are FIFO (as TCP and MPI give).
 
 use kvstore_spec::codec::Compression;
-use kvstore_spec::optimizer::Optimizer;
+use kvstore_spec::optimizer::{Optimizer, State};
 use kvstore_spec::{Error, Key, Value};
 use std::sync::Arc;
 
@@ -68,6 +68,20 @@ pub enum Request {
         /// The optimizer.
         optimizer: Optimizer,
     },
+    /// Asks for the optimizer states of every part the server holds (R68).
+    SaveStates {
+        /// The request id.
+        id: RequestId,
+    },
+    /// Replaces the optimizer states of every part the server holds (R68).
+    LoadStates {
+        /// The request id.
+        id: RequestId,
+        /// The optimizer to install too, when the saved states carry one.
+        optimizer: Option<Optimizer>,
+        /// Per key, the state of this server's part (flat); keys absent start afresh.
+        states: Vec<(Key, State)>,
+    },
 }
 
 impl Request {
@@ -78,7 +92,9 @@ impl Request {
             | Request::Push { id, .. }
             | Request::Pull { id, .. }
             | Request::Barrier { id }
-            | Request::SetOptimizer { id, .. } => *id,
+            | Request::SetOptimizer { id, .. }
+            | Request::SaveStates { id }
+            | Request::LoadStates { id, .. } => *id,
         }
     }
 }
@@ -99,6 +115,15 @@ pub enum Reply {
         /// which a transport sends without copying it.
         value: Arc<Value>,
     },
+    /// The optimizer states of a server's parts (R68).
+    States {
+        /// The request answered.
+        id: RequestId,
+        /// The server's optimizer.
+        optimizer: Optimizer,
+        /// Per key with a state, the state of this server's part (flat).
+        states: Vec<(Key, State)>,
+    },
     /// The request failed and changed nothing on the server.
     Failed {
         /// The request answered.
@@ -112,7 +137,10 @@ impl Reply {
     /// The id of the request this answers.
     pub fn id(&self) -> RequestId {
         match self {
-            Reply::Done { id } | Reply::Value { id, .. } | Reply::Failed { id, .. } => *id,
+            Reply::Done { id }
+            | Reply::Value { id, .. }
+            | Reply::States { id, .. }
+            | Reply::Failed { id, .. } => *id,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::faults::{Fault, Faults};
 use crate::message::{Payload, Reply, Request, RequestId};
-use kvstore_spec::optimizer::{Optimizer, OptimizerUpdater};
+use kvstore_spec::optimizer::{Optimizer, OptimizerUpdater, State};
 use kvstore_spec::updater::UpdaterSlot;
 use kvstore_spec::value::{Data, Tensor};
 use kvstore_spec::{sparse, Device, Error, Key, Result, Value};
@@ -196,6 +196,19 @@ impl Server {
             Request::Pull { key, rows, .. } => self.pull(from, id, &key, rows),
             Request::Barrier { .. } => self.barrier(from, id),
             Request::SetOptimizer { optimizer, .. } => self.set_optimizer(optimizer).map(|()| done),
+            Request::SaveStates { .. } => self.save_states().map(|(optimizer, states)| {
+                vec![Outgoing {
+                    to: from,
+                    reply: Reply::States {
+                        id,
+                        optimizer,
+                        states,
+                    },
+                }]
+            }),
+            Request::LoadStates {
+                optimizer, states, ..
+            } => self.load_states(optimizer, states).map(|()| done),
         };
         result.unwrap_or_else(fail)
     }
@@ -487,6 +500,45 @@ impl Server {
         let fresh = OptimizerUpdater::new(optimizer.clone())?;
         for slot in self.keys.values_mut() {
             slot.optimizer = Some(fresh.clone());
+        }
+        self.optimizer = Some(optimizer);
+        Ok(())
+    }
+
+    /// R68: the optimizer and the state of every part that has one.
+    fn save_states(&self) -> Result<(Optimizer, Vec<(Key, State)>)> {
+        let optimizer = self.optimizer.clone().ok_or(Error::NoOptimizer)?;
+        let states = self
+            .keys
+            .iter()
+            .filter_map(|(key, slot)| {
+                let state = slot.optimizer.as_ref()?.states().get(key)?;
+                Some((key.clone(), state.clone()))
+            })
+            .collect();
+        Ok((optimizer, states))
+    }
+
+    /// R68: every part's state replaced (absent keys start afresh), the optimizer too when
+    /// given. Checked whole before anything changes.
+    fn load_states(
+        &mut self,
+        optimizer: Option<Optimizer>,
+        states: Vec<(Key, State)>,
+    ) -> Result<()> {
+        let current = self.optimizer.clone().ok_or(Error::NoOptimizer)?;
+        let optimizer = optimizer.unwrap_or(current);
+        optimizer.validate()?;
+        let mut states: BTreeMap<Key, State> = states.into_iter().collect();
+        for (key, state) in &states {
+            let slot = self.keys.get(key).ok_or_else(|| Error::Protocol {
+                reason: format!("a state for key {key}, which this server does not hold"),
+            })?;
+            kvstore_spec::dist::check_state_fits(key, state, &slot.value)?;
+        }
+        for (key, slot) in &mut self.keys {
+            let state: BTreeMap<Key, State> = states.remove_entry(key).into_iter().collect();
+            slot.optimizer = Some(OptimizerUpdater::with_states(optimizer.clone(), state)?);
         }
         self.optimizer = Some(optimizer);
         Ok(())

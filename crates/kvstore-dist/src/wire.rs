@@ -12,7 +12,7 @@
 
 use crate::message::{Payload, Reply, Request};
 use kvstore_spec::codec::Compression;
-use kvstore_spec::optimizer::Optimizer;
+use kvstore_spec::optimizer::{Optimizer, State};
 use kvstore_spec::value::{Data, RowSparse, Tensor};
 use kvstore_spec::{DType, Device, Error, Key, Result, Value};
 use serde::{Deserialize, Serialize};
@@ -262,6 +262,20 @@ enum Skeleton {
         id: u64,
         optimizer: Optimizer,
     },
+    SaveStates {
+        id: u64,
+    },
+    /// Optimizer states are rare (checkpoints) and small beside their keys: plain JSON.
+    LoadStates {
+        id: u64,
+        optimizer: Option<Optimizer>,
+        states: Vec<(Key, State)>,
+    },
+    States {
+        id: u64,
+        optimizer: Optimizer,
+        states: Vec<(Key, State)>,
+    },
     Done {
         id: u64,
     },
@@ -414,6 +428,25 @@ impl Frame {
             Message::Request(Request::SetOptimizer { id, optimizer }) => {
                 Skeleton::SetOptimizer { id, optimizer }
             }
+            Message::Request(Request::SaveStates { id }) => Skeleton::SaveStates { id },
+            Message::Request(Request::LoadStates {
+                id,
+                optimizer,
+                states,
+            }) => Skeleton::LoadStates {
+                id,
+                optimizer,
+                states,
+            },
+            Message::Reply(Reply::States {
+                id,
+                optimizer,
+                states,
+            }) => Skeleton::States {
+                id,
+                optimizer,
+                states,
+            },
             Message::Reply(Reply::Done { id }) => Skeleton::Done { id },
             Message::Reply(Reply::Value { id, value }) => {
                 let value = match Arc::try_unwrap(value) {
@@ -519,6 +552,25 @@ impl Frame {
             Skeleton::SetOptimizer { id, optimizer } => {
                 Message::Request(Request::SetOptimizer { id, optimizer })
             }
+            Skeleton::SaveStates { id } => Message::Request(Request::SaveStates { id }),
+            Skeleton::LoadStates {
+                id,
+                optimizer,
+                states,
+            } => Message::Request(Request::LoadStates {
+                id,
+                optimizer,
+                states,
+            }),
+            Skeleton::States {
+                id,
+                optimizer,
+                states,
+            } => Message::Reply(Reply::States {
+                id,
+                optimizer,
+                states,
+            }),
             Skeleton::Done { id } => Message::Reply(Reply::Done { id }),
             Skeleton::Value { id, value: v } => Message::Reply(Reply::Value {
                 id,

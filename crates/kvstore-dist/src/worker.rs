@@ -13,8 +13,9 @@ use crate::parts;
 use kvstore_spec::codec::Compression;
 use kvstore_spec::command::ServerCommand;
 use kvstore_spec::key::{self, KeyType};
-use kvstore_spec::optimizer::Optimizer;
+use kvstore_spec::optimizer::{self, Optimizer, OptimizerUpdater, State};
 use kvstore_spec::value::StorageType;
+use kvstore_spec::value::Tensor;
 use kvstore_spec::{sparse, transfer, DType, Error, Key, Result, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub enum Outcome {
     Done,
     /// A pull: one value per key, in the order asked, in each key's shape.
     Values(Vec<Value>),
+    /// Saved optimizer states (R68).
+    Bytes(Vec<u8>),
 }
 
 /// An operation that completed.
@@ -91,6 +94,17 @@ struct Progress {
     pulled: Vec<Pulling>,
     /// Requests of the next phase, sent once this one succeeded (init: the barrier).
     then: Vec<Send>,
+    /// For a save of optimizer states: whether to include the optimizer, and each server's
+    /// reply as it arrives.
+    saving: Option<Saving>,
+}
+
+/// A save of optimizer states in progress (R68).
+#[derive(Debug, Clone, PartialEq)]
+struct Saving {
+    dump_optimizer: bool,
+    /// Per server: its optimizer and its parts' states.
+    replies: Vec<Option<(Optimizer, Vec<(Key, State)>)>>,
 }
 
 /// One key of a pull.
@@ -168,6 +182,7 @@ impl std::hash::Hash for Progress {
             send.server.hash(state);
             format!("{:?}", send.request).hash(state);
         }
+        format!("{:?}", self.saving).hash(state);
     }
 }
 
@@ -405,6 +420,125 @@ impl Worker {
         }
     }
 
+    /// Saves the servers' optimizer states (R68): every server sends the states of its parts;
+    /// the worker joins each sliced key's parts, so the bytes are those one server holding
+    /// every key whole would save (R47's format).
+    pub fn save_optimizer_states(&mut self, dump_optimizer: bool) -> (OpId, Effects) {
+        let op = self.next_op();
+        let servers = self.config.layout.servers();
+        let sends = (0..servers)
+            .map(|server| self.request(op, server, 0, server, |id| Request::SaveStates { id }))
+            .collect();
+        let started = self.start(op, sends, Vec::new(), Vec::new());
+        if let Some(progress) = self.ops.get_mut(&op) {
+            progress.saving = Some(Saving {
+                dump_optimizer,
+                replies: vec![None; servers],
+            });
+        }
+        started
+    }
+
+    /// Loads optimizer states (R68): the bytes are checked here (every state must belong to a
+    /// key this worker knows and have its shape), then each server gets its parts' states.
+    pub fn load_optimizer_states(&mut self, bytes: &[u8]) -> Result<(OpId, Effects)> {
+        let (states, optimizer) = optimizer::read_saved(bytes)?;
+        let mut per_server: Vec<Vec<(Key, State)>> = vec![Vec::new(); self.config.layout.servers()];
+        for (key, state) in &states {
+            let meta = self.keys.get(key).ok_or_else(|| Error::InvalidState {
+                reason: format!("a state for key {key}, which is not initialised"),
+            })?;
+            let shape_only = Value::Dense(Tensor::zeros(meta.shape.clone(), meta.dtype)?);
+            kvstore_spec::dist::check_state_fits(key, state, &shape_only)?;
+            for part in &meta.parts {
+                // Servers hold dense keys flat, row_sparse keys whole (in their shape).
+                let part_state = match state {
+                    None => None,
+                    Some(t) if meta.stype == StorageType::RowSparse => Some(t.clone()),
+                    Some(t) => {
+                        match parts::slice(key, &Value::Dense(t.clone()), part.range.clone())? {
+                            Value::Dense(flat) => Some(flat),
+                            Value::RowSparse(_) => None,
+                        }
+                    }
+                };
+                if let Some(list) = per_server.get_mut(part.server) {
+                    list.push((key.clone(), part_state));
+                }
+            }
+        }
+        let op = self.next_op();
+        let sends = per_server
+            .into_iter()
+            .enumerate()
+            .map(|(server, states)| {
+                let optimizer = optimizer.clone();
+                self.request(op, 0, 0, server, |id| Request::LoadStates {
+                    id,
+                    optimizer,
+                    states,
+                })
+            })
+            .collect();
+        Ok(self.start(op, sends, Vec::new(), Vec::new()))
+    }
+
+    /// The saved bytes from every server's reply: each key's parts joined in element order; a
+    /// part without a state yet, beside parts with one, is a zero momentum (what its first
+    /// update would create).
+    fn assemble_states(&self, saving: Saving) -> Result<Vec<u8>> {
+        let missing = || Error::Protocol {
+            reason: "a server's states never arrived".into(),
+        };
+        let replies: Vec<(Optimizer, BTreeMap<Key, State>)> = saving
+            .replies
+            .into_iter()
+            .map(|r| {
+                r.map(|(o, states)| (o, states.into_iter().collect()))
+                    .ok_or_else(missing)
+            })
+            .collect::<Result<_>>()?;
+        let optimizer = replies
+            .first()
+            .map(|(o, _)| o.clone())
+            .ok_or_else(missing)?;
+        let mut states = BTreeMap::new();
+        for (key, meta) in &self.keys {
+            let found: Vec<Option<&State>> = meta
+                .parts
+                .iter()
+                .map(|part| replies.get(part.server).and_then(|(_, s)| s.get(key)))
+                .collect();
+            if found.iter().all(Option::is_none) {
+                continue;
+            }
+            let tensors: Vec<Option<&Tensor>> =
+                found.iter().map(|s| s.and_then(Option::as_ref)).collect();
+            let Some(dtype) = tensors.iter().flatten().map(|t| t.dtype()).next() else {
+                states.insert(key.clone(), None);
+                continue;
+            };
+            let values = meta
+                .parts
+                .iter()
+                .zip(&tensors)
+                .map(|(part, t)| match t {
+                    Some(t) => Ok(Value::Dense((*t).clone())),
+                    None => Ok(Value::Dense(Tensor::zeros([part.range.len()], dtype)?)),
+                })
+                .collect::<Result<Vec<Value>>>()?;
+            match parts::assemble(key, &meta.shape, values)? {
+                Value::Dense(whole) => states.insert(key.clone(), Some(whole)),
+                Value::RowSparse(_) => {
+                    return Err(Error::Protocol {
+                        reason: format!("key {key}: a row_sparse optimizer state"),
+                    })
+                }
+            };
+        }
+        OptimizerUpdater::with_states(optimizer, states)?.save(saving.dump_optimizer)
+    }
+
     /// Turns compression on for later pushes; new parameters reset the residuals (decision 9).
     pub fn set_gradient_compression(&mut self, compression: Compression) {
         if self.compression != Some(compression) {
@@ -444,6 +578,24 @@ impl Worker {
                             reason: format!(
                             "server {server} sent a value for request {id}, which pulls nothing"
                         ),
+                        })
+                    }
+                }
+            }
+            Reply::States {
+                optimizer, states, ..
+            } => {
+                let slot = progress
+                    .saving
+                    .as_mut()
+                    .and_then(|saving| saving.replies.get_mut(key_index));
+                match slot {
+                    Some(slot) => *slot = Some((optimizer, states)),
+                    None => {
+                        return Err(Error::Protocol {
+                            reason: format!(
+                                "server {server} sent states for request {id}, which saves none"
+                            ),
                         })
                     }
                 }
@@ -534,6 +686,7 @@ impl Worker {
             error: None,
             pulled,
             then,
+            saving: None,
         };
         self.ops.insert(op, progress);
         if sends.is_empty() {
@@ -568,6 +721,10 @@ impl Worker {
         }
         let result = match progress.error {
             Some(error) => Err(error),
+            None if progress.saving.is_some() => match progress.saving {
+                Some(saving) => self.assemble_states(saving).map(Outcome::Bytes),
+                None => Ok(Outcome::Done),
+            },
             None if progress.pulled.is_empty() => Ok(Outcome::Done),
             None => progress
                 .pulled

@@ -29,6 +29,10 @@ enum Op {
     PullUnknown(usize),
     /// A string key where the store's keys are ints (R8), pushed or pulled.
     OtherKeyType(usize, bool),
+    /// Saves the optimizer states (R68), with the optimizer or without.
+    Save(usize, bool),
+    /// Loads the states saved at some earlier save (or damaged bytes when there is none).
+    Load(usize, usize),
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +67,8 @@ fn op(workers: usize) -> impl Strategy<Value = Op> {
             .prop_map(|(w, k, ids)| Op::RowSparsePull(w, k, ids)),
         1 => (0..workers).prop_map(Op::PullUnknown),
         1 => (0..workers, any::<bool>()).prop_map(|(w, push)| Op::OtherKeyType(w, push)),
+        1 => (0..workers, any::<bool>()).prop_map(|(w, dump)| Op::Save(w, dump)),
+        1 => (0..workers, any::<usize>()).prop_map(|(w, which)| Op::Load(w, which)),
     ]
 }
 
@@ -246,6 +252,8 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
     let mut pushed = vec![vec![0usize; KEYS.len()]; workers];
     // Pulls waiting for their round: (worker, op, keys, own round per key, row ids).
     let mut waiting: Vec<Waiting> = Vec::new();
+    // Every successful save's bytes.
+    let mut saved: Vec<Vec<u8>> = Vec::new();
 
     for op in &setup.ops {
         match op {
@@ -314,6 +322,34 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
                 };
                 prop_assert!(expected.is_some());
                 prop_assert_eq!(expected, got);
+            }
+            Op::Save(rank, dump) => {
+                let expected = spec.save_optimizer_states(*dump);
+                let (op, effects) = cluster.workers[*rank].save_optimizer_states(*dump);
+                cluster.post(*rank, effects);
+                cluster.settle();
+                let got = cluster.done[*rank].remove(&op).expect("a save completes");
+                prop_assert_eq!(&expected.clone().map(Outcome::Bytes), &got);
+                if let Ok(bytes) = expected {
+                    saved.push(bytes);
+                }
+            }
+            Op::Load(rank, which) => {
+                let bytes = if saved.is_empty() {
+                    b"{\"format\": 1}".to_vec()
+                } else {
+                    saved[which % saved.len()].clone()
+                };
+                let expected = spec.load_optimizer_states(&bytes);
+                match cluster.workers[*rank].load_optimizer_states(&bytes) {
+                    Err(error) => prop_assert_eq!(expected, Err(error)),
+                    Ok((op, effects)) => {
+                        cluster.post(*rank, effects);
+                        cluster.settle();
+                        let got = cluster.done[*rank].remove(&op).expect("a load completes");
+                        prop_assert_eq!(expected.map(|()| Outcome::Done), got);
+                    }
+                }
             }
             Op::PullUnknown(rank) => {
                 let unknown = Key::Int(99);

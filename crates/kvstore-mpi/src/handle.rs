@@ -60,6 +60,25 @@ pub trait Handle {
         })
     }
 
+    /// The optimizer states (and the optimizer when `dump_optimizer`), in the format of R47
+    /// (R68). Any worker may call it.
+    fn save_optimizer_states(&self, dump_optimizer: bool) -> Result<Vec<u8>> {
+        let _ = dump_optimizer;
+        Err(kvstore_spec::Error::UnsupportedOperation {
+            op: "save_optimizer_states".into(),
+            kind: "dist".into(),
+        })
+    }
+
+    /// Replaces the optimizer states (and the optimizer when the bytes carry one) (R68).
+    fn load_optimizer_states(&self, bytes: &[u8]) -> Result<()> {
+        let _ = bytes;
+        Err(kvstore_spec::Error::UnsupportedOperation {
+            op: "load_optimizer_states".into(),
+            kind: "dist".into(),
+        })
+    }
+
     /// Compresses this worker's later pushes (R55). Collective: every worker calls it.
     fn set_gradient_compression(&self, compression: Compression) -> Result<()>;
 

@@ -39,7 +39,7 @@ impl DistKv<'_> {
     fn values(&self, op: kvstore_dist::OpId) -> Result<Vec<Value>> {
         match self.endpoint.wait(op)? {
             Outcome::Values(values) => Ok(values),
-            Outcome::Done => Err(Error::Protocol {
+            Outcome::Done | Outcome::Bytes(_) => Err(Error::Protocol {
                 reason: "a pull completed without values".into(),
             }),
         }
@@ -90,6 +90,23 @@ impl Handle for DistKv<'_> {
         let op = self
             .endpoint
             .issue(|w| w.send_command(head, body, &self.kind))?;
+        self.endpoint.wait(op).map(drop)
+    }
+
+    fn save_optimizer_states(&self, dump_optimizer: bool) -> Result<Vec<u8>> {
+        let op = self
+            .endpoint
+            .issue(|w| Ok(w.save_optimizer_states(dump_optimizer)))?;
+        match self.endpoint.wait(op)? {
+            Outcome::Bytes(bytes) => Ok(bytes),
+            Outcome::Done | Outcome::Values(_) => Err(Error::Protocol {
+                reason: "a save completed without bytes".into(),
+            }),
+        }
+    }
+
+    fn load_optimizer_states(&self, bytes: &[u8]) -> Result<()> {
+        let op = self.endpoint.issue(|w| w.load_optimizer_states(bytes))?;
         self.endpoint.wait(op).map(drop)
     }
 

@@ -25,6 +25,8 @@ impl Msg {
                     Request::Pull { .. } => 2,
                     Request::Barrier { .. } => 3,
                     Request::SetOptimizer { .. } => 4,
+                    Request::SaveStates { .. } => 5,
+                    Request::LoadStates { .. } => 6,
                 };
                 (0, variant, r.id())
             }
@@ -33,6 +35,7 @@ impl Msg {
                     Reply::Done { .. } => 0,
                     Reply::Value { .. } => 1,
                     Reply::Failed { .. } => 2,
+                    Reply::States { .. } => 3,
                 };
                 (1, variant, r.id())
             }
@@ -77,6 +80,14 @@ impl Hash for Msg {
             Msg::Request(Request::SetOptimizer { optimizer, .. }) => {
                 format!("{optimizer:?}").hash(state);
             }
+            Msg::Request(Request::SaveStates { .. }) => {}
+            // Optimizer states hold floats; their text is a faithful, if slow, digest.
+            Msg::Request(Request::LoadStates {
+                optimizer, states, ..
+            }) => format!("{optimizer:?}{states:?}").hash(state),
+            Msg::Reply(Reply::States {
+                optimizer, states, ..
+            }) => format!("{optimizer:?}{states:?}").hash(state),
             Msg::Reply(Reply::Value { value, .. }) => value.hash(state),
             Msg::Reply(Reply::Failed { error, .. }) => error.to_string().hash(state),
         }

@@ -21,6 +21,8 @@ pub enum Seen {
     Done,
     /// A pull's values.
     Values(Vec<Value>),
+    /// Saved optimizer states (the model's programs save none; kept for completeness).
+    Bytes(Vec<u8>),
     /// A failure: the error's variant and message.
     Failed {
         /// Whether the failure detector raised it (R64).
@@ -37,6 +39,7 @@ impl Seen {
         match result {
             Ok(Outcome::Done) => Seen::Done,
             Ok(Outcome::Values(values)) => Seen::Values(values),
+            Ok(Outcome::Bytes(bytes)) => Seen::Bytes(bytes),
             Err(error) => Seen::Failed {
                 peer_failed: matches!(error, Error::PeerFailed { .. }),
                 duplicate_init: matches!(error, Error::DuplicateInit { .. }),
