@@ -104,8 +104,11 @@ struct Progress {
 struct Saving {
     dump_optimizer: bool,
     /// Per server: its optimizer and its parts' states.
-    replies: Vec<Option<(Optimizer, Vec<(Key, State)>)>>,
+    replies: Vec<Option<ServerStates>>,
 }
+
+/// One server's optimizer and its parts' states.
+type ServerStates = (Optimizer, Vec<(Key, State)>);
 
 /// One key of a pull.
 #[derive(Debug, Clone, PartialEq, Hash)]
