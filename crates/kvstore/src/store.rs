@@ -100,8 +100,9 @@ impl Default for Options {
 /// Creates a store of the given kind (R1, R2, R6) on the default backend (engine + CPU).
 ///
 /// Single-process kinds (`local`, `device`, `nccl`, and any name without `dist`) are available
-/// here. Distributed kinds need the distributed runtime and are refused with
-/// [`Error::UnsupportedKind`] until it exists.
+/// here. Distributed kinds run in an MPI job, where `kvstore_mpi::job::launch` hands each worker
+/// its handle and runs the servers (docs/distributed.md); here they are refused with
+/// [`Error::UnsupportedKind`], which says so.
 ///
 /// ```
 /// let kv = kvstore::create("Device")?;
@@ -125,7 +126,7 @@ pub fn create_with(kind: &str, options: Options) -> Result<KvStore> {
     if kind.class() == StoreClass::Dist {
         return Err(Error::UnsupportedKind {
             kind: kind.name().into(),
-            reason: "distributed stores need the distributed runtime, which this build does not include yet".into(),
+            reason: "a distributed store runs in an MPI job: use kvstore_mpi::job::launch (crate kvstore-mpi, feature mpi) under mpirun; see docs/distributed.md".into(),
         });
     }
     KvStore::new(kind, options)

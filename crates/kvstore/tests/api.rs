@@ -31,11 +31,18 @@ fn r5_single_process_rank_workers_barrier_and_commands() {
 }
 
 #[test]
-fn r2_distributed_kinds_are_refused_until_the_runtime_exists() {
-    assert!(matches!(
-        create("dist_sync"),
-        Err(Error::UnsupportedKind { .. })
-    ));
+fn r2_distributed_kinds_are_refused_here_and_pointed_to_the_mpi_job() {
+    for kind in [
+        "dist_sync",
+        "dist_async",
+        "dist_device_sync",
+        "dist_sync_allreduce",
+    ] {
+        let Err(Error::UnsupportedKind { reason, .. }) = create(kind) else {
+            panic!("{kind} was not refused");
+        };
+        assert!(reason.contains("kvstore_mpi::job::launch"), "{reason}");
+    }
 }
 
 #[test]
