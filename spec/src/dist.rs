@@ -308,29 +308,11 @@ impl DistStore {
         let Some(root) = per_worker.first() else {
             return Err(mismatch("no worker took part".into()));
         };
-        for (rank, pairs) in per_worker.iter().enumerate().skip(1) {
-            if pairs.len() != root.len() {
-                return Err(mismatch(format!(
-                    "worker {rank} gives {} keys, worker 0 gives {}",
-                    pairs.len(),
-                    root.len()
-                )));
-            }
-            for ((key, value), (root_key, root_value)) in pairs.iter().zip(root) {
-                if key != root_key {
-                    return Err(mismatch(format!(
-                        "worker {rank} gives key {key} where worker 0 gives key {root_key}"
-                    )));
-                }
-                if signature(value) != signature(root_value) {
-                    return Err(mismatch(format!(
-                        "key {key}: worker {rank} gives a {} value, worker 0 gives a {} value",
-                        describe(value),
-                        describe(root_value)
-                    )));
-                }
-            }
-        }
+        let signatures: Vec<InitSignature> = per_worker
+            .iter()
+            .map(|pairs| init_signature(pairs))
+            .collect();
+        check_init_signatures(&signatures)?;
         Ok(root)
     }
 
@@ -617,19 +599,65 @@ pub fn check_state_fits(key: &Key, state: &crate::optimizer::State, stored: &Val
     }
 }
 
-/// What must agree across workers for one init value (R49): shape, dtype and storage type.
-fn signature(value: &Value) -> (&[usize], DType, StorageType) {
-    (value.shape(), value.dtype(), value.stype())
+/// What must agree across workers in a collective init (R49): per key in call order, the
+/// value's shape, dtype and storage type. Workers send this, not their values.
+pub type InitSignature = Vec<(Key, Vec<usize>, DType, StorageType)>;
+
+/// The signature of one worker's init call.
+pub fn init_signature(pairs: &[(Key, Value)]) -> InitSignature {
+    pairs
+        .iter()
+        .map(|(key, value)| {
+            (
+                key.clone(),
+                value.shape().to_vec(),
+                value.dtype(),
+                value.stype(),
+            )
+        })
+        .collect()
 }
 
-/// [`signature`] in words, for error messages.
-fn describe(value: &Value) -> String {
-    format!(
-        "{} {} of shape {:?}",
-        value.stype(),
-        value.dtype(),
-        value.shape()
-    )
+/// R49: every worker's init signature must equal worker 0's; the first difference is a
+/// `CollectiveMismatch` naming the worker and the key.
+pub fn check_init_signatures(per_worker: &[InitSignature]) -> Result<()> {
+    let mismatch = |reason: String| Error::CollectiveMismatch {
+        op: "init".into(),
+        reason,
+    };
+    let Some(root) = per_worker.first() else {
+        return Err(mismatch("no worker took part".into()));
+    };
+    for (rank, pairs) in per_worker.iter().enumerate().skip(1) {
+        if pairs.len() != root.len() {
+            return Err(mismatch(format!(
+                "worker {rank} gives {} keys, worker 0 gives {}",
+                pairs.len(),
+                root.len()
+            )));
+        }
+        for (entry, root_entry) in pairs.iter().zip(root) {
+            let (key, root_key) = (&entry.0, &root_entry.0);
+            if key != root_key {
+                return Err(mismatch(format!(
+                    "worker {rank} gives key {key} where worker 0 gives key {root_key}"
+                )));
+            }
+            if entry != root_entry {
+                return Err(mismatch(format!(
+                    "key {key}: worker {rank} gives a {} value, worker 0 gives a {} value",
+                    describe(entry),
+                    describe(root_entry)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A signature entry in words, for error messages.
+fn describe((_, shape, dtype, stype): &(Key, Vec<usize>, DType, StorageType)) -> String {
+    format!("{stype} {dtype} of shape {shape:?}")
 }
 
 /// Compression needs dense float32 values for a float32 key (R43; row_sparse with compression is

@@ -2,6 +2,7 @@
 //! every reply names the request it answers. Links are FIFO (as TCP and MPI give).
 
 use kvstore_spec::codec::Compression;
+use kvstore_spec::dist::InitSignature;
 use kvstore_spec::optimizer::{Optimizer, State};
 use kvstore_spec::{Error, Key, Value};
 use std::sync::Arc;
@@ -68,6 +69,15 @@ pub enum Request {
         /// The optimizer.
         optimizer: Optimizer,
     },
+    /// A worker's collective init call, as its signature, sent to server 0 before anything is
+    /// stored: server 0 answers every worker once all have sent theirs, with `Done` when they
+    /// agree and `CollectiveMismatch` when not (R49).
+    InitCheck {
+        /// The request id.
+        id: RequestId,
+        /// Per key in call order: shape, dtype, storage type.
+        signature: InitSignature,
+    },
     /// Asks for the optimizer states of every part the server holds (R68).
     SaveStates {
         /// The request id.
@@ -93,6 +103,7 @@ impl Request {
             | Request::Pull { id, .. }
             | Request::Barrier { id }
             | Request::SetOptimizer { id, .. }
+            | Request::InitCheck { id, .. }
             | Request::SaveStates { id }
             | Request::LoadStates { id, .. } => *id,
         }

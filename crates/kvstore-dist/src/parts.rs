@@ -1,8 +1,28 @@
 //! Cutting a dense value into flat parts and putting the parts back together.
 
+use crate::layout::Part;
 use kvstore_spec::value::{Data, Tensor};
 use kvstore_spec::{Device, Error, Key, Result, Value};
 use std::ops::Range;
+
+/// What each part's server receives of a value of a key held in `parts`: a key held whole
+/// keeps its shape and storage type (so the server can pick its rows, R30); a sliced key is
+/// cut into flat element ranges, a row_sparse value made dense first (rows do not follow
+/// element ranges; the dense sum has the same elements, R17). On `cpu(0)`, the servers'
+/// memory.
+pub fn split(key: &Key, value: std::borrow::Cow<'_, Value>, parts: &[Part]) -> Result<Vec<Value>> {
+    if let [_] = parts {
+        return Ok(vec![value.into_owned().on(Device::Cpu(0))]);
+    }
+    let dense = match value.as_ref() {
+        Value::RowSparse(r) => std::borrow::Cow::Owned(Value::Dense(r.to_dense())),
+        Value::Dense(_) => value,
+    };
+    parts
+        .iter()
+        .map(|part| slice(key, &dense, part.range.clone()))
+        .collect()
+}
 
 /// The flat elements `range` of a dense value, as a 1-D tensor on `cpu(0)`.
 pub fn slice(key: &Key, value: &Value, range: Range<usize>) -> Result<Value> {

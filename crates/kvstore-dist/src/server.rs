@@ -6,11 +6,12 @@
 
 use crate::faults::{Fault, Faults};
 use crate::message::{Payload, Reply, Request, RequestId};
+use kvstore_spec::dist::InitSignature;
 use kvstore_spec::optimizer::{Optimizer, OptimizerUpdater, State};
 use kvstore_spec::updater::UpdaterSlot;
 use kvstore_spec::value::{Data, Tensor};
 use kvstore_spec::{sparse, Device, Error, Key, Result, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// A reply and the worker it goes to.
@@ -93,6 +94,12 @@ pub struct Server {
     config: ServerConfig,
     keys: BTreeMap<Key, Slot>,
     optimizer: Option<Optimizer>,
+    /// Init signatures of the current collective init (server 0 only): worker ->
+    /// (request, signature) (R49).
+    init_checks: BTreeMap<usize, (RequestId, InitSignature)>,
+    /// Every key a collective init agreed on (server 0 only): a later init of one of them is
+    /// `DuplicateInit` at once (R49), even from a worker calling it alone.
+    inited: BTreeSet<Key>,
     /// Barrier arrivals of the current generation (server 0 only).
     barrier: BTreeMap<usize, RequestId>,
     /// Arrivals counted since the last release; equals `barrier.len()` unless a fault is planted.
@@ -122,6 +129,8 @@ impl std::hash::Hash for Server {
             .as_ref()
             .map(|o| format!("{o:?}"))
             .hash(state);
+        self.init_checks.hash(state);
+        self.inited.hash(state);
         self.barrier.hash(state);
         self.barrier_count.hash(state);
         self.arrivals.hash(state);
@@ -136,6 +145,8 @@ impl Server {
             config,
             keys: BTreeMap::new(),
             optimizer: None,
+            init_checks: BTreeMap::new(),
+            inited: BTreeSet::new(),
             barrier: BTreeMap::new(),
             barrier_count: 0,
             arrivals: 0,
@@ -162,6 +173,7 @@ impl Server {
     /// only then (R64).
     pub fn is_waiting(&self) -> bool {
         !self.barrier.is_empty()
+            || !self.init_checks.is_empty()
             || self
                 .keys
                 .values()
@@ -195,6 +207,7 @@ impl Server {
             Request::Push { key, payload, .. } => self.push(from, id, key, payload),
             Request::Pull { key, rows, .. } => self.pull(from, id, &key, rows),
             Request::Barrier { .. } => self.barrier(from, id),
+            Request::InitCheck { signature, .. } => self.init_check(from, id, signature),
             Request::SetOptimizer { optimizer, .. } => self.set_optimizer(optimizer).map(|()| done),
             Request::SaveStates { .. } => self.save_states().map(|(optimizer, states)| {
                 vec![Outgoing {
@@ -245,6 +258,16 @@ impl Server {
         for (w, id) in std::mem::take(&mut self.barrier) {
             out.push(failed(w, id, error.clone()));
         }
+        let missing: Vec<usize> = (0..workers)
+            .filter(|w| !self.init_checks.contains_key(w))
+            .collect();
+        let error = Error::PeerFailed {
+            peer: format!("workers {missing:?}"),
+            reason: "a collective init was never called by every worker".into(),
+        };
+        for (w, (id, _)) in std::mem::take(&mut self.init_checks) {
+            out.push(failed(w, id, error.clone()));
+        }
         self.barrier_count = 0;
         self.failed = Some(Error::PeerFailed {
             peer: format!("server {}", self.config.index),
@@ -284,7 +307,7 @@ impl Server {
             .keys
             .get(&key)
             .ok_or_else(|| Error::NotInitialized { key: key.clone() })?;
-        let value = decode(&key, payload)?;
+        let value = conform(decode(&key, payload)?, slot.value.shape());
         check_fits(&key, &slot.value, &value)?;
         if !self.config.sync {
             return self.apply_on_arrival(from, id, &key, value);
@@ -461,6 +484,58 @@ impl Server {
                 value: read(&slot.value, rows.as_deref())?,
             },
         }])
+    }
+
+    /// R49: server 0 compares every worker's init signature once all arrived, and answers all
+    /// of them alike: `Done`, or the mismatch.
+    fn init_check(
+        &mut self,
+        from: usize,
+        id: RequestId,
+        signature: InitSignature,
+    ) -> Result<Vec<Outgoing>> {
+        if self.config.index != 0 {
+            return Err(Error::Protocol {
+                reason: format!(
+                    "an init check sent to server {}, only server 0 coordinates",
+                    self.config.index
+                ),
+            });
+        }
+        if self.init_checks.contains_key(&from) {
+            return Err(Error::Protocol {
+                reason: format!("worker {from} sent two init checks for one init"),
+            });
+        }
+        if !self.config.faults.has(Fault::InitAcceptedTwice) {
+            if let Some((key, ..)) = signature.iter().find(|(k, ..)| self.inited.contains(k)) {
+                return Err(Error::DuplicateInit { key: key.clone() });
+            }
+        }
+        self.init_checks.insert(from, (id, signature));
+        if self.init_checks.len() < self.config.workers {
+            return Ok(Vec::new());
+        }
+        let arrived = std::mem::take(&mut self.init_checks);
+        let signatures: Vec<InitSignature> = arrived.values().map(|(_, s)| s.clone()).collect();
+        let verdict = kvstore_spec::dist::check_init_signatures(&signatures);
+        if verdict.is_ok() {
+            let keys = signatures.first().into_iter().flatten();
+            self.inited.extend(keys.map(|(key, ..)| key.clone()));
+        }
+        Ok(arrived
+            .into_iter()
+            .map(|(to, (id, _))| Outgoing {
+                to,
+                reply: match &verdict {
+                    Ok(()) => Reply::Done { id },
+                    Err(error) => Reply::Failed {
+                        id,
+                        error: error.clone(),
+                    },
+                },
+            })
+            .collect())
     }
 
     /// Server 0 releases a barrier once every worker arrived.
@@ -662,6 +737,25 @@ fn decode(key: &Key, payload: Payload) -> Result<Value> {
 }
 
 /// A pushed part must have the stored part's element count and dtype (R65).
+/// A dense value of the part's element count in the part's shape (a quantised push arrives
+/// flat): every value of a part then has one shape, as its sums and reads expect.
+fn conform(value: Value, shape: &[usize]) -> Value {
+    match value {
+        Value::Dense(t)
+            if t.shape() != shape
+                && t.shape().iter().product::<usize>() == shape.iter().product::<usize>() =>
+        {
+            let device = t.device();
+            match Tensor::new(shape.to_vec(), t.into_data()) {
+                Ok(reshaped) => Value::Dense(reshaped.on(device)),
+                // Unreachable (the counts agree); `check_fits` refuses anything else.
+                Err(_) => Value::Dense(Tensor::default_empty()),
+            }
+        }
+        other => other,
+    }
+}
+
 fn check_fits(key: &Key, stored: &Value, pushed: &Value) -> Result<()> {
     let numel = |v: &Value| v.shape().iter().product::<usize>();
     if numel(stored) != numel(pushed) || stored.dtype() != pushed.dtype() {

@@ -12,6 +12,7 @@
 
 use crate::message::{Payload, Reply, Request};
 use kvstore_spec::codec::Compression;
+use kvstore_spec::dist::InitSignature;
 use kvstore_spec::optimizer::{Optimizer, State};
 use kvstore_spec::value::{Data, RowSparse, Tensor};
 use kvstore_spec::{DType, Device, Error, Key, Result, Value};
@@ -265,6 +266,10 @@ enum Skeleton {
     SaveStates {
         id: u64,
     },
+    InitCheck {
+        id: u64,
+        signature: InitSignature,
+    },
     /// Optimizer states are rare (checkpoints) and small beside their keys: plain JSON.
     LoadStates {
         id: u64,
@@ -429,6 +434,9 @@ impl Frame {
                 Skeleton::SetOptimizer { id, optimizer }
             }
             Message::Request(Request::SaveStates { id }) => Skeleton::SaveStates { id },
+            Message::Request(Request::InitCheck { id, signature }) => {
+                Skeleton::InitCheck { id, signature }
+            }
             Message::Request(Request::LoadStates {
                 id,
                 optimizer,
@@ -553,6 +561,9 @@ impl Frame {
                 Message::Request(Request::SetOptimizer { id, optimizer })
             }
             Skeleton::SaveStates { id } => Message::Request(Request::SaveStates { id }),
+            Skeleton::InitCheck { id, signature } => {
+                Message::Request(Request::InitCheck { id, signature })
+            }
             Skeleton::LoadStates {
                 id,
                 optimizer,

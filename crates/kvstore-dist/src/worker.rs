@@ -12,12 +12,13 @@ use crate::message::{Payload, Reply, Request, RequestId};
 use crate::parts;
 use kvstore_spec::codec::Compression;
 use kvstore_spec::command::ServerCommand;
+use kvstore_spec::dist::init_signature;
 use kvstore_spec::key::{self, KeyType};
 use kvstore_spec::optimizer::{self, Optimizer, OptimizerUpdater, State};
 use kvstore_spec::value::StorageType;
 use kvstore_spec::value::Tensor;
 use kvstore_spec::{sparse, transfer, DType, Error, Key, Result, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// An operation's id, unique per worker.
@@ -90,13 +91,25 @@ struct Progress {
     remaining: usize,
     /// The first failure; the operation fails with it once every reply is in.
     error: Option<Error>,
-    /// For a pull: per key asked, its parts' values as they arrive.
-    pulled: Vec<Pulling>,
-    /// Requests of the next phase, sent once this one succeeded (init: the barrier).
-    then: Vec<Send>,
-    /// For a save of optimizer states: whether to include the optimizer, and each server's
-    /// reply as it arrives.
-    saving: Option<Saving>,
+    /// The phases still to send, each once the one before succeeded (init: its check, the
+    /// stores, the barrier).
+    phases: VecDeque<Vec<Send>>,
+    /// What the operation gives back, gathered as replies arrive.
+    expect: Expect,
+}
+
+/// What an operation gives back once done.
+#[derive(Debug, Clone, PartialEq)]
+enum Expect {
+    /// Nothing: push, barrier, set_optimizer, load.
+    Done,
+    /// An init: the keys it registers, and the key type it fixes, once every worker agreed
+    /// and the values are stored (a failed init leaves the worker as it was, R7).
+    Init(BTreeMap<Key, KeyMeta>, Option<KeyType>),
+    /// A pull: per key asked, its parts' values as they arrive (possibly no key at all).
+    Values(Vec<Pulling>),
+    /// A save of optimizer states.
+    States(Saving),
 }
 
 /// A save of optimizer states in progress (R68).
@@ -180,12 +193,19 @@ impl std::hash::Hash for Progress {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.remaining.hash(state);
         self.error.as_ref().map(ToString::to_string).hash(state);
-        self.pulled.hash(state);
-        for send in &self.then {
+        for send in self.phases.iter().flatten() {
             send.server.hash(state);
             format!("{:?}", send.request).hash(state);
         }
-        format!("{:?}", self.saving).hash(state);
+        match &self.expect {
+            Expect::Done => 0.hash(state),
+            Expect::Init(metas, key_type) => {
+                metas.hash(state);
+                key_type.hash(state);
+            }
+            Expect::Values(pulled) => pulled.hash(state),
+            Expect::States(saving) => format!("{saving:?}").hash(state),
+        }
     }
 }
 
@@ -239,21 +259,22 @@ impl Worker {
         if self.config.rank == 0 {
             for (key, value) in pairs {
                 let parts = metas.get(key).map(|m| m.parts.clone()).unwrap_or_default();
-                for part in parts {
-                    let value = parts::slice(key, value, part.range.clone())?;
+                let values = parts::split(key, std::borrow::Cow::Borrowed(value), &parts)?;
+                for (part, value) in parts.iter().zip(values) {
                     stores.push((part.server, key.clone(), value));
                 }
             }
         }
-        self.keys.extend(metas);
-        self.key_type = key_type;
         let op = self.next_op();
-        let barrier = self.request(op, 0, 0, 0, |id| Request::Barrier { id });
+        let signature = init_signature(pairs);
+        let check = self.request(op, 0, 0, 0, |id| Request::InitCheck { id, signature });
         let mut sends = Vec::new();
         for (server, key, value) in stores {
             sends.push(self.request(op, 0, 0, server, |id| Request::Init { id, key, value }));
         }
-        Ok(self.start(op, sends, vec![barrier], Vec::new()))
+        let barrier = self.request(op, 0, 0, 0, |id| Request::Barrier { id });
+        let phases = vec![vec![check], sends, vec![barrier]];
+        Ok(self.start(op, phases, Expect::Init(metas, key_type)))
     }
 
     /// Pushes (R51, R54, R55): per key (key order), the worker's own values are summed in the
@@ -264,12 +285,15 @@ impl Worker {
         for (key, value) in pairs {
             groups.entry(key).or_default().push(value);
         }
-        // Every argument is checked before any residual moves (R59).
+        // Every argument is checked before any residual moves (R59), in the spec's order: key
+        // by key, every value's shape, then whether compression takes each value.
         for (key, values) in &groups {
             let meta = self.meta(key)?;
             for value in values {
                 transfer::check_shape(key, &meta.shape, value)?;
-                if self.compression.is_some() {
+            }
+            if self.compression.is_some() {
+                for value in values {
                     transfer::check_compressible(key, meta.dtype, value)?;
                 }
             }
@@ -279,8 +303,8 @@ impl Worker {
         for (key, values) in &groups {
             let meta = self.meta(key)?;
             let merged = parts::sum(key, values, meta.dtype)?;
-            for (index, part) in meta.parts.iter().enumerate() {
-                let plain = parts::slice(key, &merged, part.range.clone())?;
+            let plains = parts::split(key, merged, &meta.parts)?;
+            for (index, (part, plain)) in meta.parts.iter().zip(plains).enumerate() {
                 let payload = match self.compression {
                     None => Payload::Plain(plain),
                     Some(compression) => {
@@ -312,7 +336,7 @@ impl Worker {
                 self.request(op, 0, 0, server, |id| Request::Push { id, key, payload })
             })
             .collect();
-        Ok(self.start(op, sends, Vec::new(), Vec::new()))
+        Ok(self.start(op, vec![sends], Expect::Done))
     }
 
     /// Pulls (R52): each key's value, assembled from its parts, in the key's shape.
@@ -351,15 +375,15 @@ impl Worker {
         self.read(reads)
     }
 
-    /// One pull request per part of each key. A row_sparse key, held whole by one server,
-    /// has its rows picked there (only those rows travel). Servers hold dense keys flat, in
-    /// parts that cut across rows, so their parts come whole and the rows are picked here.
+    /// One pull request per part of each key. A key held whole by one server (in its shape)
+    /// has its rows picked there, so only those rows travel. A sliced key's parts are flat
+    /// element ranges that cut across rows, so they come whole and the rows are picked here.
     fn read(&mut self, reads: Vec<(Key, Option<Vec<i64>>)>) -> Result<(OpId, Effects)> {
         let key_type = self.key_type_with(reads.iter().map(|(k, _)| k))?;
         let mut plan = Vec::new();
         for (key, rows) in reads {
             let meta = self.meta(&key)?;
-            let remote = meta.stype == StorageType::RowSparse;
+            let remote = meta.parts.len() == 1;
             plan.push((key, rows, meta.shape.clone(), meta.parts.clone(), remote));
         }
         self.key_type = key_type;
@@ -384,14 +408,14 @@ impl Worker {
                 pick: rows.filter(|_| !remote),
             });
         }
-        Ok(self.start(op, sends, Vec::new(), pulled))
+        Ok(self.start(op, vec![sends], Expect::Values(pulled)))
     }
 
     /// The global barrier across workers (server 0 coordinates it).
     pub fn barrier(&mut self) -> (OpId, Effects) {
         let op = self.next_op();
         let send = self.request(op, 0, 0, 0, |id| Request::Barrier { id });
-        self.start(op, vec![send], Vec::new(), Vec::new())
+        self.start(op, vec![vec![send]], Expect::Done)
     }
 
     /// Installs a fresh optimizer on every server (R57).
@@ -407,7 +431,7 @@ impl Worker {
                 })
             })
             .collect();
-        Ok(self.start(op, sends, Vec::new(), Vec::new()))
+        Ok(self.start(op, vec![sends], Expect::Done))
     }
 
     /// A server command (R67): head 0 is `set_optimizer` with the optimizer as JSON; head 4 is
@@ -418,7 +442,7 @@ impl Worker {
             ServerCommand::SetOptimizer(optimizer) => self.set_optimizer(&optimizer),
             ServerCommand::GradientCompression(_) => {
                 let op = self.next_op();
-                Ok(self.start(op, Vec::new(), Vec::new(), Vec::new()))
+                Ok(self.start(op, Vec::new(), Expect::Done))
             }
         }
     }
@@ -432,14 +456,11 @@ impl Worker {
         let sends = (0..servers)
             .map(|server| self.request(op, server, 0, server, |id| Request::SaveStates { id }))
             .collect();
-        let started = self.start(op, sends, Vec::new(), Vec::new());
-        if let Some(progress) = self.ops.get_mut(&op) {
-            progress.saving = Some(Saving {
-                dump_optimizer,
-                replies: vec![None; servers],
-            });
-        }
-        started
+        let saving = Saving {
+            dump_optimizer,
+            replies: vec![None; servers],
+        };
+        self.start(op, vec![sends], Expect::States(saving))
     }
 
     /// Loads optimizer states (R68): the bytes are checked here (every state must belong to a
@@ -454,10 +475,10 @@ impl Worker {
             let shape_only = Value::Dense(Tensor::zeros(meta.shape.clone(), meta.dtype)?);
             kvstore_spec::dist::check_state_fits(key, state, &shape_only)?;
             for part in &meta.parts {
-                // Servers hold dense keys flat, row_sparse keys whole (in their shape).
+                // A server holds a key whole in its shape, or a sliced key's flat part.
                 let part_state = match state {
                     None => None,
-                    Some(t) if meta.stype == StorageType::RowSparse => Some(t.clone()),
+                    Some(t) if meta.parts.len() == 1 => Some(t.clone()),
                     Some(t) => {
                         match parts::slice(key, &Value::Dense(t.clone()), part.range.clone())? {
                             Value::Dense(flat) => Some(flat),
@@ -483,7 +504,7 @@ impl Worker {
                 })
             })
             .collect();
-        Ok(self.start(op, sends, Vec::new(), Vec::new()))
+        Ok(self.start(op, vec![sends], Expect::Done))
     }
 
     /// The saved bytes from every server's reply: each key's parts joined in element order; a
@@ -567,10 +588,12 @@ impl Worker {
         match reply {
             Reply::Done { .. } => {}
             Reply::Value { value, .. } => {
-                let slot = progress
-                    .pulled
-                    .get_mut(key_index)
-                    .and_then(|pulling| pulling.parts.get_mut(part_index));
+                let slot = match &mut progress.expect {
+                    Expect::Values(pulled) => pulled
+                        .get_mut(key_index)
+                        .and_then(|pulling| pulling.parts.get_mut(part_index)),
+                    _ => None,
+                };
                 match slot {
                     // The only holder once a transport decoded it: moved, not copied.
                     Some(slot) => {
@@ -588,10 +611,10 @@ impl Worker {
             Reply::States {
                 optimizer, states, ..
             } => {
-                let slot = progress
-                    .saving
-                    .as_mut()
-                    .and_then(|saving| saving.replies.get_mut(key_index));
+                let slot = match &mut progress.expect {
+                    Expect::States(saving) => saving.replies.get_mut(key_index),
+                    _ => None,
+                };
                 match slot {
                     Some(slot) => *slot = Some((optimizer, states)),
                     None => {
@@ -675,33 +698,17 @@ impl Worker {
         }
     }
 
-    /// Registers `op` with its first phase's requests; an op with nothing to wait for moves on
-    /// at once.
-    fn start(
-        &mut self,
-        op: OpId,
-        sends: Vec<Send>,
-        then: Vec<Send>,
-        pulled: Vec<Pulling>,
-    ) -> (OpId, Effects) {
+    /// Registers `op` with its phases and sends the first that has requests; an op with
+    /// nothing to wait for completes at once.
+    fn start(&mut self, op: OpId, phases: Vec<Vec<Send>>, expect: Expect) -> (OpId, Effects) {
         let progress = Progress {
-            remaining: sends.len(),
+            remaining: 0,
             error: None,
-            pulled,
-            then,
-            saving: None,
+            phases: phases.into(),
+            expect,
         };
         self.ops.insert(op, progress);
-        if sends.is_empty() {
-            return (op, self.finish_phase(op));
-        }
-        (
-            op,
-            Effects {
-                sends,
-                completions: Vec::new(),
-            },
-        )
+        (op, self.finish_phase(op))
     }
 
     /// Every reply of `op`'s phase is in: send the next phase, or complete the op.
@@ -709,32 +716,37 @@ impl Worker {
         let Some(mut progress) = self.ops.remove(&op) else {
             return Effects::default();
         };
-        if progress.error.is_none() && !progress.then.is_empty() {
-            let sends = std::mem::take(&mut progress.then);
-            progress.remaining = sends.len();
-            self.ops.insert(op, progress);
-            return Effects {
-                sends,
-                completions: Vec::new(),
-            };
+        if progress.error.is_none() {
+            while let Some(sends) = progress.phases.pop_front() {
+                if sends.is_empty() {
+                    continue;
+                }
+                progress.remaining = sends.len();
+                self.ops.insert(op, progress);
+                return Effects {
+                    sends,
+                    completions: Vec::new(),
+                };
+            }
         }
-        // The next phase's requests were never sent.
-        for send in &progress.then {
+        // Later phases' requests were never sent.
+        for send in progress.phases.iter().flatten() {
             self.inflight.remove(&send.request.id());
         }
-        let result = match progress.error {
-            Some(error) => Err(error),
-            None if progress.saving.is_some() => match progress.saving {
-                Some(saving) => self.assemble_states(saving).map(Outcome::Bytes),
-                None => Ok(Outcome::Done),
-            },
-            None if progress.pulled.is_empty() => Ok(Outcome::Done),
-            None => progress
-                .pulled
+        let result = match (progress.error, progress.expect) {
+            (Some(error), _) => Err(error),
+            (None, Expect::Done) => Ok(Outcome::Done),
+            (None, Expect::Init(metas, key_type)) => {
+                self.keys.extend(metas);
+                self.key_type = key_type;
+                Ok(Outcome::Done)
+            }
+            (None, Expect::Values(pulled)) => pulled
                 .into_iter()
                 .map(Pulling::finish)
                 .collect::<Result<Vec<Value>>>()
                 .map(Outcome::Values),
+            (None, Expect::States(saving)) => self.assemble_states(saving).map(Outcome::Bytes),
         };
         Effects {
             sends: Vec::new(),

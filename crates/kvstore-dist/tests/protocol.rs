@@ -163,15 +163,10 @@ fn r65_a_reply_to_nothing_in_flight_is_refused_and_changes_nothing() {
 #[test]
 fn r59_a_push_with_a_bad_value_sends_nothing_and_keeps_the_residuals() {
     let layout = Layout::new(2, 4).unwrap();
-    let mut w = Worker::new(WorkerConfig {
-        rank: 1,
-        workers: 2,
-        layout,
-        faults: Faults::NONE,
-    });
     let (a, b) = (Key::Int(1), Key::Int(2));
-    w.init(&[(a.clone(), flat(&[0.0; 4])), (b.clone(), flat(&[0.0; 2]))])
-        .unwrap();
+    let pairs = [(a.clone(), flat(&[0.0; 4])), (b.clone(), flat(&[0.0; 2]))];
+    let (mut workers, _) = run_init(layout, 2, &[pairs.to_vec(), pairs.to_vec()]);
+    let mut w = workers.swap_remove(1);
     w.set_gradient_compression(Compression::new(CompressionType::TwoBit, 0.5).unwrap());
     let before = w.clone();
     let wrong = w.push(&[(a.clone(), flat(&[0.3; 4])), (b.clone(), flat(&[0.3; 3]))]);
@@ -225,4 +220,80 @@ fn r67_a_server_command_is_checked_before_anything_is_sent() {
         .collect();
     servers.sort_unstable();
     assert_eq!(servers, vec![0, 1, 2]);
+}
+
+/// The servers after an init, and each worker's init result.
+type Cluster = (
+    Vec<Server>,
+    Vec<kvstore_spec::Result<kvstore_dist::Outcome>>,
+);
+
+/// Every worker of a fresh cluster calls init with its own pairs; delivers every message until
+/// quiet. Returns the workers, the servers and each worker's init result.
+fn run_init(
+    layout: Layout,
+    workers: usize,
+    per_worker: &[Vec<(Key, Value)>],
+) -> (Vec<Worker>, Cluster) {
+    let mut servers: Vec<Server> = (0..layout.servers()).map(|s| server(s, workers)).collect();
+    let mut ws: Vec<Worker> = (0..workers)
+        .map(|rank| {
+            Worker::new(WorkerConfig {
+                rank,
+                workers,
+                layout,
+                faults: Faults::NONE,
+            })
+        })
+        .collect();
+    let mut queue: Vec<(usize, kvstore_dist::Send)> = Vec::new();
+    for (rank, pairs) in per_worker.iter().enumerate() {
+        let (_, effects) = ws[rank].init(pairs).unwrap();
+        queue.extend(effects.sends.into_iter().map(|send| (rank, send)));
+    }
+    let mut done: Vec<Option<_>> = vec![None; workers];
+    while let Some((rank, send)) = queue.pop() {
+        for out in servers[send.server].handle(rank, send.request) {
+            let more = ws[out.to].handle(send.server, out.reply).unwrap();
+            queue.extend(more.sends.into_iter().map(|send| (out.to, send)));
+            for c in more.completions {
+                done[out.to] = Some(c.result);
+            }
+        }
+    }
+    let done = done
+        .into_iter()
+        .map(|d| d.expect("init completes"))
+        .collect();
+    (ws, (servers, done))
+}
+
+#[test]
+fn r49_workers_that_init_different_shapes_all_fail_and_nothing_is_stored() {
+    let layout = Layout::new(1, 1_000_000).unwrap();
+    let key = Key::Int(3);
+    let per_worker: Vec<Vec<(Key, Value)>> = [2usize, 3]
+        .iter()
+        .map(|&n| vec![(key.clone(), flat(&vec![1.0; n]))])
+        .collect();
+    let (mut workers, (servers, done)) = run_init(layout, 2, &per_worker);
+    let s = &servers[0];
+    for (rank, result) in done.into_iter().enumerate() {
+        assert!(
+            matches!(&result, Err(Error::CollectiveMismatch { reason, .. }) if reason.contains("worker 1")),
+            "worker {rank}: {result:?}"
+        );
+    }
+    assert!(s.value(&key).is_none(), "nothing was stored");
+    assert!(!s.is_waiting());
+    // The workers know no key either: a push is refused before anything is sent (R7).
+    assert!(matches!(
+        workers[0].push(&[(key.clone(), flat(&[1.0, 1.0]))]),
+        Err(Error::NotInitialized { .. })
+    ));
+    // And the same init, agreed this time, succeeds.
+    let agreed = vec![per_worker[0].clone(), per_worker[0].clone()];
+    let (_, (servers, done)) = run_init(layout, 2, &agreed);
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert!(servers[0].value(&key).is_some());
 }

@@ -5,8 +5,14 @@
 //! `kvstore-dist`'s state machines, the same code the model checker explores; this crate only
 //! moves their messages ([`endpoint`]) and, with the `mpi` feature, runs them in an MPI job
 //! (`job::launch`).
+//!
+//! Kinds whose name contains `allreduce` run without servers (`allreduce::launch`, feature
+//! `mpi`): every rank is a worker holding every key, and a push is an MPI allreduce summed in
+//! rank order, so the two layouts can be compared on the same program.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "mpi")]
+pub mod allreduce;
 pub mod endpoint;
 pub mod handle;
 #[cfg(feature = "mpi")]

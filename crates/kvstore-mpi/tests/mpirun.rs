@@ -146,3 +146,126 @@ fn r53_uneven_push_counts_are_diagnosed_with_the_key_and_the_missing_workers() {
     assert!(stderr.contains("round 4 never completed"), "{stderr}");
     assert!(stderr.contains("workers [1]"), "{stderr}");
 }
+
+// --- The allreduce kind (no servers): every rank is a worker. `mpirun` sets
+// KVSTORE_NUM_SERVERS=1, which the allreduce kind ignores, so these jobs also check that.
+
+/// Runs the check program in an allreduce job of `workers` ranks with `extra` environment;
+/// returns its output. `None` without mpirun.
+fn allreduce(workers: usize, mode: &str, extra: &[(&str, &str)]) -> Option<std::process::Output> {
+    if !mpirun_available() {
+        println!("SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)");
+        return None;
+    }
+    Some(mpirun(workers, 1, mode, extra))
+}
+
+/// An allreduce job whose every pull must equal the spec's `DistStore` bit for bit.
+fn allreduce_job(workers: usize, mode: &str, extra: &[(&str, &str)]) {
+    let started = Instant::now();
+    let Some(out) = allreduce(workers, mode, extra) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{mode} on {workers} ranks failed:\n{stdout}\n{stderr}"
+    );
+    let ok = stdout.matches("pulls equal the spec").count();
+    assert_eq!(ok, workers, "{stdout}\n{stderr}");
+    println!("{mode}, {workers} workers: {:.2?}", started.elapsed());
+}
+
+/// An allreduce job that must fail, within `limit`; returns its stderr.
+fn allreduce_failure(
+    workers: usize,
+    mode: &str,
+    extra: &[(&str, &str)],
+    limit: Duration,
+) -> Option<String> {
+    let started = Instant::now();
+    let out = allreduce(workers, mode, extra)?;
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{extra:?}: the job succeeded\n{stderr}"
+    );
+    assert!(elapsed < limit, "{extra:?}: took {elapsed:.2?}\n{stderr}");
+    println!("{extra:?}: the job failed in {elapsed:.2?}");
+    Some(stderr)
+}
+
+#[test]
+fn r51_dist_sync_allreduce_two_workers_sum_in_rank_order() {
+    // The default big-array bound: every key is summed in one fused reduce-scatter.
+    allreduce_job(
+        2,
+        "dist_sync_allreduce",
+        &[("KVSTORE_BIG_ARRAY_BOUND", "1000000")],
+    );
+}
+
+#[test]
+fn r51_dist_sync_allreduce_three_workers_fused_and_lone_keys() {
+    // mpirun's bound of 3: the 5- and 8-element keys are summed alone, the others fused.
+    allreduce_job(3, "dist_sync_allreduce", &[]);
+}
+
+#[test]
+fn r55_dist_sync_allreduce_compressed_three_workers() {
+    allreduce_job(3, "dist_sync_allreduce_2bit", &[]);
+}
+
+#[test]
+fn r64_allreduce_a_worker_that_stops_answering_makes_the_others_fail_naming_it() {
+    let env = [
+        ("KVSTORE_CHECK_HANG_WORKER", "1"),
+        ("KVSTORE_TIMEOUT_MS", "3000"),
+    ];
+    let limit = Duration::from_secs(30);
+    let Some(stderr) = allreduce_failure(3, "dist_sync_allreduce", &env, limit) else {
+        return;
+    };
+    assert!(stderr.contains("did not answer in time"), "{stderr}");
+    assert!(stderr.contains("workers [1]"), "{stderr}");
+}
+
+#[test]
+fn r64_allreduce_a_worker_that_dies_ends_the_job_instead_of_hanging_it() {
+    let env = [
+        ("KVSTORE_CHECK_KILL_WORKER", "1"),
+        ("KVSTORE_TIMEOUT_MS", "3000"),
+    ];
+    allreduce_failure(3, "dist_sync_allreduce", &env, Duration::from_secs(30));
+}
+
+#[test]
+fn r69_allreduce_workers_that_push_different_keys_all_fail_at_once() {
+    // No timeout is involved: the header exchange finds the disagreement.
+    let env = [
+        ("KVSTORE_CHECK_MISMATCH_WORKER", "1"),
+        ("KVSTORE_TIMEOUT_MS", "60000"),
+    ];
+    let limit = Duration::from_secs(20);
+    let Some(stderr) = allreduce_failure(2, "dist_sync_allreduce", &env, limit) else {
+        return;
+    };
+    assert!(
+        stderr.contains("workers disagree in a collective push"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn r69_an_async_allreduce_kind_is_refused() {
+    let limit = Duration::from_secs(20);
+    let Some(stderr) = allreduce_failure(1, "dist_async_allreduce", &[], limit) else {
+        return;
+    };
+    assert!(
+        stderr.contains("unsupported store kind 'dist_async_allreduce'"),
+        "{stderr}"
+    );
+}

@@ -27,6 +27,7 @@ impl Msg {
                     Request::SetOptimizer { .. } => 4,
                     Request::SaveStates { .. } => 5,
                     Request::LoadStates { .. } => 6,
+                    Request::InitCheck { .. } => 7,
                 };
                 (0, variant, r.id())
             }
@@ -81,6 +82,7 @@ impl Hash for Msg {
                 format!("{optimizer:?}").hash(state);
             }
             Msg::Request(Request::SaveStates { .. }) => {}
+            Msg::Request(Request::InitCheck { signature, .. }) => signature.hash(state),
             // Optimizer states hold floats; their text is a faithful, if slow, digest.
             Msg::Request(Request::LoadStates {
                 optimizer, states, ..

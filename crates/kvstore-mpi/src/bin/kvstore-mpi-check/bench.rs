@@ -33,3 +33,23 @@ pub fn run(kv: &dyn Handle, elements: usize, iterations: usize) -> Result<Option
         )
     }))
 }
+
+/// The copy ceiling in the same run: the median time of copying `elements` f32 into a warm
+/// buffer, which every copy of a gradient (a slice, an MPI transfer, a reply) pays at least.
+pub fn memcpy(elements: usize, iterations: usize) -> String {
+    let source: Vec<f32> = (0..elements).map(|j| j as f32).collect();
+    let mut target = vec![0.0_f32; elements];
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations.max(1) {
+        let started = std::time::Instant::now();
+        target.copy_from_slice(&source);
+        times.push(started.elapsed().as_secs_f64());
+        std::hint::black_box(&mut target);
+    }
+    times.sort_by(f64::total_cmp);
+    format!(
+        "memcpy of {elements} f32: median {:.2} ms, fastest {:.2} ms",
+        times[times.len() / 2] * 1e3,
+        times[0] * 1e3
+    )
+}
