@@ -7,9 +7,9 @@ use std::ops::Range;
 
 /// What each part's server receives of a value of a key held in `parts`: a key held whole
 /// keeps its shape and storage type (so the server can pick its rows, R30); a sliced key is
-/// cut into flat element ranges, a row_sparse value made dense first (rows do not follow
-/// element ranges; the dense sum has the same elements, R17). On `cpu(0)`, the servers'
-/// memory.
+/// cut into flat element ranges (a row_sparse value, which a worker's push refuses for a
+/// sliced key, would be made dense first: an init value of a sliced key is dense). On
+/// `cpu(0)`, the servers' memory.
 pub fn split(key: &Key, value: std::borrow::Cow<'_, Value>, parts: &[Part]) -> Result<Vec<Value>> {
     if let [_] = parts {
         return Ok(vec![value.into_owned().on(Device::Cpu(0))]);

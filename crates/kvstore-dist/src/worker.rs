@@ -297,6 +297,18 @@ impl Worker {
                     transfer::check_compressible(key, meta.dtype, value)?;
                 }
             }
+            // A sliced key's parts are flat element ranges: a row_sparse value cannot be cut
+            // into them and keep its meaning (absent rows, lazy optimizer updates), so it is
+            // refused rather than summed differently from the spec (docs/distributed.md).
+            if meta.parts.len() > 1 && values.iter().any(|v| v.stype() == StorageType::RowSparse) {
+                return Err(Error::UnsupportedOperation {
+                    op: format!(
+                        "a row_sparse push into key {key}, which is sliced across {} servers",
+                        meta.parts.len()
+                    ),
+                    kind: "dist".into(),
+                });
+            }
         }
         let mut residuals = self.residuals.clone();
         let mut payloads = Vec::new();

@@ -174,6 +174,21 @@ fn r59_a_push_with_a_bad_value_sends_nothing_and_keeps_the_residuals() {
     let unknown = w.push(&[(Key::Int(3), flat(&[0.3]))]);
     assert!(matches!(unknown, Err(Error::NotInitialized { .. })));
     assert_eq!(w, before);
+    // A row_sparse push into the sliced key is refused (it cannot be cut into element
+    // ranges); without compression, so the refusal is the one that fires.
+    let mut uncompressed = {
+        let (mut ws, _) = run_init(layout, 2, &[pairs.to_vec(), pairs.to_vec()]);
+        ws.swap_remove(1)
+    };
+    let rows =
+        Value::RowSparse(kvstore_spec::value::RowSparse::new([4], vec![1], vec![1.0f32]).unwrap());
+    let fresh = uncompressed.clone();
+    let refused = uncompressed.push(&[(a.clone(), rows)]);
+    assert!(
+        matches!(&refused, Err(Error::UnsupportedOperation { op, .. }) if op.contains("sliced")),
+        "{refused:?}"
+    );
+    assert_eq!(uncompressed, fresh);
     // A valid push reaches both servers for the sliced key, one for the small key.
     let (_, effects) = w
         .push(&[(a, flat(&[0.3; 4])), (b, flat(&[0.3; 2]))])
