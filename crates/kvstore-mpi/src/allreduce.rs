@@ -184,6 +184,7 @@ enum Call {
     Barrier = 3,
     SetOptimizer = 4,
     SetCompression = 5,
+    LoadStates = 6,
 }
 
 impl Call {
@@ -194,6 +195,7 @@ impl Call {
             Call::Barrier => "barrier",
             Call::SetOptimizer => "set_optimizer",
             Call::SetCompression => "set_gradient_compression",
+            Call::LoadStates => "load_optimizer_states",
         }
     }
 
@@ -204,6 +206,7 @@ impl Call {
             Call::Barrier,
             Call::SetOptimizer,
             Call::SetCompression,
+            Call::LoadStates,
         ]
         .into_iter()
         .find(|c| *c as u64 == word)
@@ -971,10 +974,58 @@ impl Handle for AllreduceKv {
         Ok(())
     }
 
+    /// R68: this worker's optimizer states, which every worker holds alike (each applies the
+    /// same updates to the same bits), so any worker may save them; not collective.
+    fn save_optimizer_states(&self, dump_optimizer: bool) -> Result<Vec<u8>> {
+        let state = self.open()?;
+        match &state.updater {
+            Some(UpdaterSlot::Optimizer(o)) => o.save(dump_optimizer),
+            _ => Err(Error::NoOptimizer),
+        }
+    }
+
+    /// R68, collective (R69): every worker loads the same bytes, so the states stay equal.
+    /// The bytes are checked as the servers' load checks them: readable, every state for an
+    /// initialised key and of its shape, an optimizer set; a worker that refuses them makes
+    /// every worker fail, and nothing changes.
+    fn load_optimizer_states(&self, bytes: &[u8]) -> Result<()> {
+        let mut state = self.open()?;
+        let signature = fingerprint(|h| bytes.hash(h));
+        let next = loaded_states(&state, bytes);
+        self.exchange(
+            &mut state,
+            Call::LoadStates,
+            signature,
+            0,
+            next.as_ref().err().cloned(),
+        )?;
+        state.updater = Some(UpdaterSlot::Optimizer(next?));
+        Ok(())
+    }
+
     /// Every call completes before it returns: only a peer failure is left to report.
     fn wait_all(&self) -> Result<()> {
         self.open().map(drop)
     }
+}
+
+/// The updater `bytes` give (R68), checked in the spec's order: readable, fitting the keys,
+/// then an optimizer to load into.
+fn loaded_states(state: &State, bytes: &[u8]) -> Result<OptimizerUpdater> {
+    let (states, optimizer) = kvstore_spec::optimizer::read_saved(bytes)?;
+    for (key, saved) in &states {
+        let stored = state.values.get(key).ok_or_else(|| Error::InvalidState {
+            reason: format!("a state for key {key}, which is not initialised"),
+        })?;
+        kvstore_spec::dist::check_state_fits(key, saved, stored)?;
+    }
+    let Some(UpdaterSlot::Optimizer(current)) = &state.updater else {
+        return Err(Error::NoOptimizer);
+    };
+    OptimizerUpdater::with_states(
+        optimizer.unwrap_or_else(|| current.optimizer().clone()),
+        states,
+    )
 }
 
 /// init's local checks (R8, R13): the key type and keys already stored or given twice.

@@ -300,7 +300,7 @@ pub fn run(kv: &dyn Handle, mode: &str) -> Result<String> {
         &pull_rows(kv, mode)?,
         &rows_after(mode, workers, ROUNDS)?,
     )?;
-    if sync && !mode.contains("allreduce") {
+    if sync {
         save_and_load(kv, mode)?;
         checks += 2;
     }
@@ -319,23 +319,26 @@ fn momentum() -> Optimizer {
     })
 }
 
-/// R68 after the main program: momentum SGD, a round, rank 0 saves the servers' states, a
-/// round, rank 0 loads them back (the momentum restored), a round; the saved bytes and the
-/// last pull must equal the spec's.
+/// R68 after the main program: momentum SGD, a round, a save, a round, a load of the saved
+/// states (the momentum restored), a round; the saved bytes and the last pull must equal the
+/// spec's. With servers, rank 0 alone sets the optimizer, saves and loads; with allreduce those
+/// calls are collective (R69), so every worker makes them, each with its own (equal) bytes.
 fn save_and_load(kv: &dyn Handle, mode: &str) -> Result<()> {
     let (rank, workers) = (kv.rank(), kv.num_workers());
     let names = names(mode);
+    let everyone = mode.contains("allreduce");
+    let acts = rank == 0 || everyone;
     let round = |n: usize| -> Result<()> {
         kv.push(&contributions(mode, workers, rank, ROUNDS + n)?)?;
         kv.wait_all()?;
         kv.barrier()
     };
-    if rank == 0 {
+    if acts {
         kv.set_optimizer(&momentum())?;
     }
     kv.barrier()?;
     round(0)?;
-    let saved = if rank == 0 {
+    let saved = if acts {
         Some(kv.save_optimizer_states(true)?)
     } else {
         None
