@@ -21,7 +21,7 @@ fn an_unmodified_model_holds_and_says_so() {
     let (code, out, err) = kvstore(&["check", "--model", "dist-sync-pipelined"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("dist-sync-pipelined: 92 unique states"),
+        out.contains("dist-sync-pipelined: 102 unique states"),
         "{out}"
     );
     assert!(
