@@ -77,6 +77,9 @@ pub enum Request {
         id: RequestId,
         /// Per key in call order: shape, dtype, storage type.
         signature: InitSignature,
+        /// Whether this worker's own checks refused its arguments (it takes part anyway, so
+        /// nobody waits for it; nothing is registered or stored then).
+        refused: bool,
     },
     /// Asks for the optimizer states of every part the server holds (R68).
     SaveStates {

@@ -96,7 +96,7 @@ pub struct Server {
     optimizer: Option<Optimizer>,
     /// Init signatures of the current collective init (server 0 only): worker ->
     /// (request, signature) (R49).
-    init_checks: BTreeMap<usize, (RequestId, InitSignature)>,
+    init_checks: BTreeMap<usize, (RequestId, InitSignature, bool)>,
     /// Every key a collective init agreed on (server 0 only): a later init of one of them is
     /// `DuplicateInit` at once (R49), even from a worker calling it alone.
     inited: BTreeSet<Key>,
@@ -207,7 +207,9 @@ impl Server {
             Request::Push { key, payload, .. } => self.push(from, id, key, payload),
             Request::Pull { key, rows, .. } => self.pull(from, id, &key, rows),
             Request::Barrier { .. } => self.barrier(from, id),
-            Request::InitCheck { signature, .. } => self.init_check(from, id, signature),
+            Request::InitCheck {
+                signature, refused, ..
+            } => self.init_check(from, id, signature, refused),
             Request::SetOptimizer { optimizer, .. } => self.set_optimizer(optimizer).map(|()| done),
             Request::SaveStates { .. } => self.save_states().map(|(optimizer, states)| {
                 vec![Outgoing {
@@ -265,7 +267,7 @@ impl Server {
             peer: format!("workers {missing:?}"),
             reason: "a collective init was never called by every worker".into(),
         };
-        for (w, (id, _)) in std::mem::take(&mut self.init_checks) {
+        for (w, (id, ..)) in std::mem::take(&mut self.init_checks) {
             out.push(failed(w, id, error.clone()));
         }
         self.barrier_count = 0;
@@ -487,12 +489,15 @@ impl Server {
     }
 
     /// R49: server 0 compares every worker's init signature once all arrived, and answers all
-    /// of them alike: `Done`, or the mismatch.
+    /// of them alike: `Done`, or the mismatch. When some worker refused its own arguments,
+    /// nothing is registered: it gets `Done` and fails with its own error, and any worker that
+    /// did not refuse gets a mismatch naming it, so nobody waits for a store that never comes.
     fn init_check(
         &mut self,
         from: usize,
         id: RequestId,
         signature: InitSignature,
+        refused: bool,
     ) -> Result<Vec<Outgoing>> {
         if self.config.index != 0 {
             return Err(Error::Protocol {
@@ -512,24 +517,36 @@ impl Server {
                 return Err(Error::DuplicateInit { key: key.clone() });
             }
         }
-        self.init_checks.insert(from, (id, signature));
+        self.init_checks.insert(from, (id, signature, refused));
         if self.init_checks.len() < self.config.workers {
             return Ok(Vec::new());
         }
         let arrived = std::mem::take(&mut self.init_checks);
-        let signatures: Vec<InitSignature> = arrived.values().map(|(_, s)| s.clone()).collect();
+        let signatures: Vec<InitSignature> = arrived.values().map(|(_, s, _)| s.clone()).collect();
         let verdict = kvstore_spec::dist::check_init_signatures(&signatures);
-        if verdict.is_ok() {
+        let refusers: Vec<usize> = arrived
+            .iter()
+            .filter(|(_, (_, _, refused))| *refused)
+            .map(|(w, _)| *w)
+            .collect();
+        if verdict.is_ok() && refusers.is_empty() {
             let keys = signatures.first().into_iter().flatten();
             self.inited.extend(keys.map(|(key, ..)| key.clone()));
         }
         Ok(arrived
             .into_iter()
-            .map(|(to, (id, _))| Outgoing {
+            .map(|(to, (id, _, refused))| Outgoing {
                 to,
-                reply: match &verdict {
-                    Ok(()) => Reply::Done { id },
-                    Err(error) => Reply::Failed {
+                reply: match (&verdict, refused || refusers.is_empty()) {
+                    (Ok(()), true) => Reply::Done { id },
+                    (Ok(()), false) => Reply::Failed {
+                        id,
+                        error: Error::CollectiveMismatch {
+                            op: "init".into(),
+                            reason: format!("workers {refusers:?} refused their init arguments"),
+                        },
+                    },
+                    (Err(error), _) => Reply::Failed {
                         id,
                         error: error.clone(),
                     },

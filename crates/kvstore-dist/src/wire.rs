@@ -269,6 +269,7 @@ enum Skeleton {
     InitCheck {
         id: u64,
         signature: InitSignature,
+        refused: bool,
     },
     /// Optimizer states are rare (checkpoints) and small beside their keys: plain JSON.
     LoadStates {
@@ -434,9 +435,15 @@ impl Frame {
                 Skeleton::SetOptimizer { id, optimizer }
             }
             Message::Request(Request::SaveStates { id }) => Skeleton::SaveStates { id },
-            Message::Request(Request::InitCheck { id, signature }) => {
-                Skeleton::InitCheck { id, signature }
-            }
+            Message::Request(Request::InitCheck {
+                id,
+                signature,
+                refused,
+            }) => Skeleton::InitCheck {
+                id,
+                signature,
+                refused,
+            },
             Message::Request(Request::LoadStates {
                 id,
                 optimizer,
@@ -561,9 +568,15 @@ impl Frame {
                 Message::Request(Request::SetOptimizer { id, optimizer })
             }
             Skeleton::SaveStates { id } => Message::Request(Request::SaveStates { id }),
-            Skeleton::InitCheck { id, signature } => {
-                Message::Request(Request::InitCheck { id, signature })
-            }
+            Skeleton::InitCheck {
+                id,
+                signature,
+                refused,
+            } => Message::Request(Request::InitCheck {
+                id,
+                signature,
+                refused,
+            }),
             Skeleton::LoadStates {
                 id,
                 optimizer,

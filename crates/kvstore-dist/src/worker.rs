@@ -106,6 +106,9 @@ enum Expect {
     /// An init: the keys it registers, and the key type it fixes, once every worker agreed
     /// and the values are stored (a failed init leaves the worker as it was, R7).
     Init(BTreeMap<Key, KeyMeta>, Option<KeyType>),
+    /// An init this worker refused: it fails with this error once the workers agreed (or with
+    /// the disagreement).
+    Fail(Error),
     /// A pull: per key asked, its parts' values as they arrive (possibly no key at all).
     Values(Vec<Pulling>),
     /// A save of optimizer states.
@@ -119,6 +122,14 @@ struct Saving {
     /// Per server: its optimizer and its parts' states.
     replies: Vec<Option<ServerStates>>,
 }
+
+/// What an init registers and stores: the keys' metadata, the key type, and (rank 0) each
+/// part's value for its server.
+type InitPlan = (
+    BTreeMap<Key, KeyMeta>,
+    Option<KeyType>,
+    Vec<(usize, Key, Value)>,
+);
 
 /// One server's optimizer and its parts' states.
 type ServerStates = (Optimizer, Vec<(Key, State)>);
@@ -203,6 +214,7 @@ impl std::hash::Hash for Progress {
                 metas.hash(state);
                 key_type.hash(state);
             }
+            Expect::Fail(error) => error.to_string().hash(state),
             Expect::Values(pulled) => pulled.hash(state),
             Expect::States(saving) => format!("{saving:?}").hash(state),
         }
@@ -239,6 +251,34 @@ impl Worker {
     /// and waits for every server to acknowledge; then all workers meet in a barrier, so no
     /// worker reads a key before it is stored.
     pub fn init(&mut self, pairs: &[(Key, Value)]) -> Result<(OpId, Effects)> {
+        // The workers agree first (R49), even when this worker's own checks fail: a collective
+        // call that one worker left would keep the others waiting until their timeout. Its own
+        // error comes after the agreement, as the spec orders them.
+        let op = self.next_op();
+        let signature = init_signature(pairs);
+        let plan = self.init_plan(pairs);
+        let refused = plan.is_err();
+        let check = self.request(op, 0, 0, 0, |id| Request::InitCheck {
+            id,
+            signature,
+            refused,
+        });
+        let (metas, key_type, stores) = match plan {
+            Ok(plan) => plan,
+            Err(error) => return Ok(self.start(op, vec![vec![check]], Expect::Fail(error))),
+        };
+        let mut sends = Vec::new();
+        for (server, key, value) in stores {
+            sends.push(self.request(op, 0, 0, server, |id| Request::Init { id, key, value }));
+        }
+        let barrier = self.request(op, 0, 0, 0, |id| Request::Barrier { id });
+        let phases = vec![vec![check], sends, vec![barrier]];
+        Ok(self.start(op, phases, Expect::Init(metas, key_type)))
+    }
+
+    /// An init's local checks (R8, R13) and what it registers and stores: the keys' metadata,
+    /// the key type, and (rank 0) each part's value for its server.
+    fn init_plan(&self, pairs: &[(Key, Value)]) -> Result<InitPlan> {
         let key_type = self.key_type_with(pairs.iter().map(|(k, _)| k))?;
         let mut metas = BTreeMap::new();
         for (key, value) in pairs {
@@ -265,16 +305,7 @@ impl Worker {
                 }
             }
         }
-        let op = self.next_op();
-        let signature = init_signature(pairs);
-        let check = self.request(op, 0, 0, 0, |id| Request::InitCheck { id, signature });
-        let mut sends = Vec::new();
-        for (server, key, value) in stores {
-            sends.push(self.request(op, 0, 0, server, |id| Request::Init { id, key, value }));
-        }
-        let barrier = self.request(op, 0, 0, 0, |id| Request::Barrier { id });
-        let phases = vec![vec![check], sends, vec![barrier]];
-        Ok(self.start(op, phases, Expect::Init(metas, key_type)))
+        Ok((metas, key_type, stores))
     }
 
     /// Pushes (R51, R54, R55): per key (key order), the worker's own values are summed in the
@@ -748,6 +779,7 @@ impl Worker {
         let result = match (progress.error, progress.expect) {
             (Some(error), _) => Err(error),
             (None, Expect::Done) => Ok(Outcome::Done),
+            (None, Expect::Fail(error)) => Err(error),
             (None, Expect::Init(metas, key_type)) => {
                 self.keys.extend(metas);
                 self.key_type = key_type;

@@ -312,3 +312,36 @@ fn r49_workers_that_init_different_shapes_all_fail_and_nothing_is_stored() {
     assert!(done.iter().all(Result::is_ok), "{done:?}");
     assert!(servers[0].value(&key).is_some());
 }
+
+#[test]
+fn r49_a_worker_that_refuses_its_init_arguments_still_takes_part_and_nobody_waits() {
+    let layout = Layout::new(2, 1_000_000).unwrap();
+    let (k3, k4) = (Key::Int(3), Key::Int(4));
+    let twice = vec![(k3.clone(), flat(&[1.0])), (k3.clone(), flat(&[1.0]))];
+    // Both workers give a key twice: each fails with its own DuplicateInit, at once, and the
+    // key is not taken for inited.
+    let (_, (servers, done)) = run_init(layout, 2, &[twice.clone(), twice.clone()]);
+    for result in &done {
+        assert!(
+            matches!(result, Err(Error::DuplicateInit { key }) if *key == k3),
+            "{result:?}"
+        );
+    }
+    assert!(servers.iter().all(|s| !s.is_waiting()));
+    // Worker 0 refuses, worker 1 asks for something else: a mismatch for both, not a wait.
+    let other = vec![(k3.clone(), flat(&[1.0])), (k4.clone(), flat(&[1.0]))];
+    let (_, (servers, done)) = run_init(layout, 2, &[twice, other.clone()]);
+    for result in &done {
+        assert!(
+            matches!(result, Err(Error::CollectiveMismatch { .. })),
+            "{result:?}"
+        );
+    }
+    assert!(servers
+        .iter()
+        .all(|s| !s.is_waiting() && s.value(&k3).is_none()));
+    // The refusals left nothing behind: the same keys, agreed and valid, are stored.
+    let (_, (servers, done)) = run_init(layout, 2, &[other.clone(), other]);
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert!(servers.iter().any(|s| s.value(&k4).is_some()));
+}

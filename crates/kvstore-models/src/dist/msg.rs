@@ -82,7 +82,12 @@ impl Hash for Msg {
                 format!("{optimizer:?}").hash(state);
             }
             Msg::Request(Request::SaveStates { .. }) => {}
-            Msg::Request(Request::InitCheck { signature, .. }) => signature.hash(state),
+            Msg::Request(Request::InitCheck {
+                signature, refused, ..
+            }) => {
+                signature.hash(state);
+                refused.hash(state);
+            }
             // Optimizer states hold floats; their text is a faithful, if slow, digest.
             Msg::Request(Request::LoadStates {
                 optimizer, states, ..
