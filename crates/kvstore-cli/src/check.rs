@@ -129,6 +129,10 @@ pub fn models() -> Vec<(&'static str, Setup)> {
             Setup::Dist(DistConfig::sync_rogue_init()),
         ),
         (
+            "dist-init-mismatch",
+            Setup::Dist(DistConfig::sync_mismatched_init()),
+        ),
+        (
             "dist-crashed-worker",
             Setup::Dist(DistConfig::crashed_worker()),
         ),

@@ -70,6 +70,15 @@ fn r49_a_restarted_worker_cannot_init_a_key_again() {
 }
 
 #[test]
+fn r49_workers_that_init_different_shapes_all_fail_in_every_interleaving() {
+    holds(
+        "sync_mismatched_init",
+        DistConfig::sync_mismatched_init(),
+        10091,
+    );
+}
+
+#[test]
 fn r64_a_crashed_worker_makes_the_others_fail_instead_of_waiting_forever() {
     holds("crashed_worker", DistConfig::crashed_worker(), 337);
 }
@@ -98,6 +107,7 @@ fn model_states_hash_everything_they_compare() {
         ("sync_compressed", DistConfig::sync_compressed()),
         ("crashed_worker", DistConfig::crashed_worker()),
         ("sync_rogue_init", DistConfig::sync_rogue_init()),
+        ("sync_mismatched_init", DistConfig::sync_mismatched_init()),
     ] {
         let model = config.clone().into_model().unwrap();
         let mut buckets: HashMap<u64, Vec<_>> = HashMap::new();

@@ -60,6 +60,9 @@ pub struct DistConfig {
     pub optimizer: Option<Optimizer>,
     /// Worker 0 restarts at the end and inits a key again.
     pub rogue_init: bool,
+    /// Worker 1 inits the first key with one element more than the others: every worker's
+    /// init must fail with `CollectiveMismatch` and nothing be stored (R49).
+    pub mismatched_init: bool,
     /// Fail-stop a worker before one step of its program: (rank, step).
     pub crash_worker: Option<(usize, usize)>,
     /// Fail-stop the first server after it handled this many requests.
@@ -99,6 +102,7 @@ impl DistConfig {
             compression: None,
             optimizer: None,
             rogue_init: false,
+            mismatched_init: false,
             crash_worker: None,
             crash_server_after: None,
             failure_detector: false,
@@ -112,6 +116,16 @@ impl DistConfig {
             keys: vec![(Key::Int(8), vec![3])],
             rounds: 1,
             rogue_init: true,
+            ..DistConfig::sync_ci()
+        }
+    }
+
+    /// The CI size where worker 1 first inits the small key with another shape (every worker
+    /// must fail), then every worker inits again alike, pushes one round and pulls it.
+    pub fn sync_mismatched_init() -> DistConfig {
+        DistConfig {
+            mismatched_init: true,
+            rounds: 1,
             ..DistConfig::sync_ci()
         }
     }

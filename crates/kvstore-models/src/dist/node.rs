@@ -29,6 +29,8 @@ pub enum Seen {
         peer_failed: bool,
         /// Whether it is `DuplicateInit`.
         duplicate_init: bool,
+        /// Whether it is `CollectiveMismatch`.
+        collective_mismatch: bool,
         /// The message.
         message: String,
     },
@@ -43,6 +45,7 @@ impl Seen {
             Err(error) => Seen::Failed {
                 peer_failed: matches!(error, Error::PeerFailed { .. }),
                 duplicate_init: matches!(error, Error::DuplicateInit { .. }),
+                collective_mismatch: matches!(error, Error::CollectiveMismatch { .. }),
                 message: error.to_string(),
             },
         }
@@ -262,6 +265,8 @@ fn record(program: &[Step], w: &mut WorkerState, completions: Vec<Completion>) {
         let step = w.steps.remove(&op);
         let unexpected_failure = match (&result, step.and_then(|s| program.get(s))) {
             (Err(Error::DuplicateInit { .. }), Some(Step::RogueInit)) => false,
+            // Checked against the expectation like any result (R49).
+            (Err(Error::CollectiveMismatch { .. }), Some(Step::Init)) => false,
             (Err(_), _) => true,
             _ => false,
         };
@@ -288,7 +293,11 @@ fn advance(config: &DistConfig, program: &[Step], w: &mut WorkerState, o: &mut O
             return;
         }
         let issued = match step {
-            Step::Init => w.worker.init(&super::script::init_values(config)),
+            Step::Init => {
+                let rank = w.worker.config().rank;
+                w.worker.init(&super::script::init_values_of(config, rank))
+            }
+            Step::Reinit => w.worker.init(&super::script::init_values(config)),
             Step::SetOptimizer => match &config.optimizer {
                 Some(optimizer) => w.worker.set_optimizer(optimizer),
                 None => Ok(w.worker.barrier()),

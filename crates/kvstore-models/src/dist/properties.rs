@@ -109,6 +109,13 @@ fn observed_as_specified(config: &DistConfig, expect: Option<&Expect>, seen: &Se
                 ..
             },
         ) => true,
+        (
+            Some(Expect::CollectiveMismatch),
+            Seen::Failed {
+                collective_mismatch: true,
+                ..
+            },
+        ) => true,
         _ => false,
     }
 }

@@ -27,6 +27,9 @@ pub enum Step {
     /// The worker restarts, forgets its keys and inits the first key again: the servers must
     /// refuse (decision 3).
     RogueInit,
+    /// After a mismatched init, every worker inits again with the same values: it must
+    /// succeed, so the failed init left nothing behind (R49, R7).
+    Reinit,
 }
 
 impl Step {
@@ -46,14 +49,30 @@ pub enum Expect {
     Values(Vec<Vec<Value>>),
     /// A failure with `DuplicateInit`.
     DuplicateInit,
+    /// A failure with `CollectiveMismatch`.
+    CollectiveMismatch,
 }
 
 /// The keys' initial values.
 pub fn init_values(config: &DistConfig) -> Vec<(Key, Value)> {
+    init_values_of(config, 0)
+}
+
+/// Worker `rank`'s init values: everyone's, except worker 1's first key when the config
+/// mismatches the init (one element more).
+pub fn init_values_of(config: &DistConfig, rank: usize) -> Vec<(Key, Value)> {
     config
         .keys
         .iter()
-        .map(|(key, shape)| {
+        .enumerate()
+        .map(|(k, (key, shape))| {
+            let mut shape = shape.clone();
+            if config.mismatched_init && rank == 1 && k == 0 {
+                if let Some(first) = shape.first_mut() {
+                    *first += 1;
+                }
+            }
+            let shape = &shape;
             let n: usize = shape.iter().product();
             let data = vec![0.0_f32; n];
             let value = Tensor::new(shape.clone(), data).map(Value::Dense);
@@ -92,6 +111,11 @@ pub fn contribution(config: &DistConfig, rank: usize, round: usize, k: usize) ->
 /// Worker `rank`'s program.
 pub fn program(config: &DistConfig, rank: usize) -> Vec<Step> {
     let mut steps = vec![Step::Init];
+    if config.mismatched_init {
+        // The init fails everywhere; a second, agreed init must then work as if it had not
+        // happened.
+        steps.push(Step::Reinit);
+    }
     if config.optimizer.is_some() {
         if rank == 0 {
             steps.push(Step::SetOptimizer);
@@ -135,6 +159,7 @@ pub fn expectations(config: &DistConfig) -> Result<Vec<Vec<Expect>>> {
                         pulls(config, rank, pushed).map(Expect::Values)
                     }
                     Step::RogueInit => Ok(Expect::DuplicateInit),
+                    Step::Init if config.mismatched_init => Ok(Expect::CollectiveMismatch),
                     _ => Ok(Expect::Done),
                 })
                 .collect()
