@@ -361,3 +361,73 @@ fn replay_follows_the_kind_override_and_reports_errors_as_lines() {
     let lines = trace::replay_text(text, None).unwrap();
     assert_eq!(lines[1], serde_json::json!({"line": 2, "ok": true}));
 }
+
+/// Found by the `trace` fuzz target: non-finite SGD parameters were written as `null`, which
+/// reads back as the parameter's default, so a recorded `set_optimizer` that failed with
+/// `InvalidOptimizer` (R45) replayed as a valid optimizer. They are written as `"nan"`, `"inf"`,
+/// `"-inf"` now, like tensor elements; a number beyond the f32 range reads as infinite.
+#[test]
+fn r45_non_finite_optimizer_parameters_survive_the_trace_format() {
+    let line = r#"{"op":"set_optimizer","optimizer":{"name":"sgd","learning_rate":1e39}}"#;
+    let op = op::read(line).unwrap();
+    let Op::SetOptimizer {
+        optimizer: Optimizer::Sgd(sgd),
+    } = &op
+    else {
+        panic!("{op:?}");
+    };
+    assert_eq!(sgd.learning_rate, f32::INFINITY);
+    assert_eq!(op::read(&op::write(&op).to_string()), Ok(op));
+    for x in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let op = Op::SetOptimizer {
+            optimizer: Optimizer::Sgd(Sgd {
+                momentum: x,
+                clip_gradient: Some(x),
+                ..Sgd::default()
+            }),
+        };
+        let Ok(Op::SetOptimizer {
+            optimizer: Optimizer::Sgd(back),
+        }) = op::read(&op::write(&op).to_string())
+        else {
+            panic!("{x} does not read back");
+        };
+        assert_eq!(back.momentum.to_bits(), x.to_bits());
+        assert_eq!(back.clip_gradient.map(f32::to_bits), Some(x.to_bits()));
+        let updater = Op::SetUpdater {
+            updater: UpdaterSpec::Accumulate { scale: x },
+        };
+        let back = op::read(&op::write(&updater).to_string()).unwrap();
+        let Op::SetUpdater {
+            updater: UpdaterSpec::Accumulate { scale },
+        } = back
+        else {
+            panic!("{back:?}");
+        };
+        assert_eq!(scale.to_bits(), x.to_bits());
+    }
+    // A replay of the recorded call fails as the call did.
+    let kv = kvstore::create("local").unwrap();
+    let sink = Sink::default();
+    kv.record(sink.clone());
+    let bad = Sgd {
+        learning_rate: f32::INFINITY,
+        ..Sgd::default()
+    };
+    let live = kv.set_optimizer(Optimizer::Sgd(bad)).unwrap_err();
+    kv.stop_recording().unwrap();
+    let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let lines = trace::replay_text(&text, None).unwrap();
+    assert_eq!(lines[1]["error"], "InvalidOptimizer", "{text}");
+    assert_eq!(trace::variant_name(&live), "InvalidOptimizer");
+}
+
+/// Found by the `trace` fuzz target: a placeholder (no `data`) whose shape's element count
+/// overflows panicked while computing its zeros; it is an unreadable line now (R35).
+#[test]
+fn r35_a_trace_placeholder_whose_shape_overflows_is_an_error() {
+    let line = r#"{"op":"pull","key":1,"out":{"shape":[18446744073709551615,2]}}"#;
+    let error = trace::parse(line).unwrap_err();
+    assert_eq!(error.line, 1);
+    assert!(error.message.contains("elements"), "{error}");
+}

@@ -188,6 +188,8 @@ fn optional_bool(obj: &Fields, name: &str) -> Result<Option<bool>, String> {
         .transpose()
 }
 
+/// A parameter: a number (rounded to f32, so a number beyond its range is infinite), or one of
+/// the texts `"nan"`, `"inf"`, `"-inf"` that [`f32_json`] writes for non-finite values.
 fn optional_f32(obj: &Fields, name: &str) -> Result<Option<f32>, String> {
     match obj.get(name) {
         None | Some(Json::Null) => Ok(None),
@@ -196,7 +198,22 @@ fn optional_f32(obj: &Fields, name: &str) -> Result<Option<f32>, String> {
             .parse::<f32>()
             .map(Some)
             .map_err(|_| format!("bad \"{name}\": {n}")),
+        Some(Json::String(s)) if s == "nan" => Ok(Some(f32::NAN)),
+        Some(Json::String(s)) if s == "inf" => Ok(Some(f32::INFINITY)),
+        Some(Json::String(s)) if s == "-inf" => Ok(Some(f32::NEG_INFINITY)),
         Some(other) => Err(format!("\"{name}\" must be a number, got {other}")),
+    }
+}
+
+/// A parameter as [`optional_f32`] reads it back: a number, or `"nan"`, `"inf"`, `"-inf"` (JSON
+/// has no literal for them, and `null` would read back as the parameter's default).
+fn f32_json(x: f32) -> Json {
+    if x.is_nan() {
+        json!("nan")
+    } else if x.is_infinite() {
+        json!(if x > 0.0 { "inf" } else { "-inf" })
+    } else {
+        json!(x)
     }
 }
 
@@ -395,8 +412,10 @@ pub fn write(op: &Op) -> Json {
             let Optimizer::Sgd(p) = optimizer;
             put(
                 "optimizer",
-                json!({"name": "sgd", "learning_rate": p.learning_rate, "momentum": p.momentum, "wd": p.wd,
-                       "rescale_grad": p.rescale_grad, "clip_gradient": p.clip_gradient}),
+                json!({"name": "sgd", "learning_rate": f32_json(p.learning_rate),
+                       "momentum": f32_json(p.momentum), "wd": f32_json(p.wd),
+                       "rescale_grad": f32_json(p.rescale_grad),
+                       "clip_gradient": p.clip_gradient.map(f32_json)}),
             );
         }
         Op::SetUpdater { updater } => {
@@ -404,7 +423,7 @@ pub fn write(op: &Op) -> Json {
             match updater {
                 UpdaterSpec::Accumulate { scale } => {
                     put("name", json!("accumulate"));
-                    put("scale", json!(scale));
+                    put("scale", f32_json(*scale));
                 }
                 UpdaterSpec::Custom => put("name", json!("custom")),
             }

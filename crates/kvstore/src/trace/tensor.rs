@@ -1,7 +1,7 @@
 //! Tensors in trace JSON: `{"shape":[..],"data":[..],"dtype":"float32","device":"cpu(0)"}`,
 //! row_sparse with `"stype":"row_sparse"` and `"indices"`, placeholders without data.
 
-use kvstore_spec::{DType, Data, Device, RowSparse, Tensor, Value};
+use kvstore_spec::{numel, DType, Data, Device, RowSparse, Tensor, Value};
 use serde_json::{json, Map, Number, Value as Json};
 
 /// Reads a tensor object; without `data` it is a placeholder (zeros, or no rows).
@@ -25,7 +25,11 @@ pub fn read(json: &Json) -> Result<Value, String> {
     let data = obj.get("data").map(|d| read_data(d, dtype)).transpose()?;
     let value = match obj.get("stype").map(|s| s.as_str()) {
         None | Some(Some("default")) | Some(Some("dense")) => {
-            let data = data.unwrap_or_else(|| Data::zeros(dtype, shape.iter().product()));
+            let data = match data {
+                Some(data) => data,
+                // `numel`: a shape whose element count overflows is an error, not a panic.
+                None => Data::zeros(dtype, numel(&shape).map_err(|e| e.to_string())?),
+            };
             Value::Dense(Tensor::new(shape, data).map_err(|e| e.to_string())?)
         }
         Some(Some("row_sparse")) => {

@@ -10,6 +10,14 @@
 //!   changes nothing (R7), checked on the observable state and, through a shadow store that never
 //!   saw the failing calls, on hidden state too.
 //! - [`codec`]: the 2-bit and 1-bit gradient codecs (R37-R41).
+//! - [`trace`]: the trace parser and writer (docs/trace-format.md): typed, line-numbered errors
+//!   and a round trip through the writer.
+//! - [`row_ids`]: row ids of every kind through `row_sparse_pull` and row_sparse pushes, on the
+//!   engine + CPU store and on the spec's `LocalStore` (R30-R33, R7).
+//! - [`state_files`]: damaged and crafted optimizer-state files into `load_optimizer_states`
+//!   (R47, R7), on the spec and on engine + CPU.
+//! - [`differential`]: the `store_ops` operation sequences on the spec backend and on engine +
+//!   CPU through the public API: identical results, outputs, errors and states (R7, R60, R61).
 //!
 //! Input that runs out early is not an error: [`Unstructured`] then yields zeros and empty
 //! lists, so every input, even an empty one, is a valid (if short) test case.
@@ -25,6 +33,16 @@ use kvstore_spec::kind::Kind;
 use kvstore_spec::optimizer::{Optimizer, Sgd};
 use kvstore_spec::store::LocalStore;
 use kvstore_spec::{numel, DType, Data, Device, Error, Key, RowSparse, Tensor, Value};
+
+mod differential;
+mod row_ids;
+mod state_files;
+mod trace;
+
+pub use differential::differential;
+pub use row_ids::row_ids;
+pub use state_files::state_files;
+pub use trace::trace;
 
 // ---------------------------------------------------------------------------------------------
 // normalize
@@ -495,7 +513,7 @@ fn decode_op(u: &mut Unstructured<'_>, saved: &[Vec<u8>]) -> arbitrary::Result<O
             let lists = u.int_in_range(0u8..=3)?;
             let mut ids = Vec::with_capacity(usize::from(lists));
             for _ in 0..lists {
-                ids.push(row_ids(u)?);
+                ids.push(row_id_list(u)?);
             }
             outs.map(|outs| Op::RowSparsePull(outs, ids))
         }
@@ -630,7 +648,7 @@ fn length(u: &mut Unstructured<'_>, right: usize) -> arbitrary::Result<usize> {
 }
 
 /// A row id list: in-range sorted rows, or anything from [`ROW_IDS`] in any order.
-fn row_ids(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<i64>> {
+fn row_id_list(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<i64>> {
     let n = u.int_in_range(0u8..=5)?;
     (0..n)
         .map(|_| Ok(ROW_IDS[usize::from(u.int_in_range(0u8..=7)?)]))
@@ -669,7 +687,7 @@ fn value(u: &mut Unstructured<'_>, role: ValueRole) -> arbitrary::Result<Option<
             }
             ids
         }
-        _ => row_ids(u)?,
+        _ => row_id_list(u)?,
     };
     let len = length(u, ids.len() * row_len)?;
     let data = elements(u, dtype, len)?;
@@ -1077,4 +1095,87 @@ fn codec_params(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         ),
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// shared by the targets that drive a public `KvStore`
+// ---------------------------------------------------------------------------------------------
+
+/// The keys and values of `(key, value)` pairs, as a list call of the public API takes them
+/// (each key with one value: normalisation gives back exactly these pairs).
+fn public_args(pairs: &[(Key, Value)]) -> (kvstore::Keys, Values<Value>) {
+    let keys = kvstore::Keys::List(pairs.iter().map(|(k, _)| k.clone()).collect());
+    let values = Values::List(pairs.iter().map(|(_, v)| Item::One(v.clone())).collect());
+    (keys, values)
+}
+
+/// Output arrays starting as the given values, and the `Outputs` that name them.
+fn public_outputs(pairs: &[(Key, Value)]) -> (Vec<kvstore::NdArray>, kvstore::Outputs) {
+    let arrays: Vec<kvstore::NdArray> = pairs
+        .iter()
+        .map(|(_, v)| kvstore::NdArray::new(v.clone()))
+        .collect();
+    let outs = Values::List(arrays.iter().cloned().map(Item::One).collect());
+    (arrays, outs)
+}
+
+/// A call's result once everything it queued has run: an engine store reports an error raised
+/// while running (an updater's) at the next `wait_all` (R61).
+fn settle(store: &kvstore::KvStore, result: kvstore::Result<()>) -> kvstore::Result<()> {
+    result.and_then(|()| store.wait_all())
+}
+
+/// What a store observes, or a panic naming the store (`observable` only fails on a backend
+/// fault).
+fn observe(store: &kvstore::KvStore) -> kvstore_spec::store::Observable {
+    match store.observable() {
+        Ok(observable) => observable,
+        Err(error) => panic!(
+            "observable() of the {:?} store failed: {error:?}",
+            store.backend()
+        ),
+    }
+}
+
+/// A file in the temporary directory, unique to this call, removed on drop.
+#[derive(Debug)]
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(what: &str) -> TempFile {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TempFile(std::env::temp_dir().join(format!(
+            "kvstore-fuzz-{}-{n}-{what}.json",
+            std::process::id()
+        )))
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        if let Err(error) = std::fs::write(&self.0, bytes) {
+            panic!("cannot write {}: {error}", self.0.display());
+        }
+    }
+
+    fn read(&self) -> Vec<u8> {
+        match std::fs::read(&self.0) {
+            Ok(bytes) => bytes,
+            Err(error) => panic!("cannot read {}: {error}", self.0.display()),
+        }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The name of an error's variant.
+fn variant(error: &Error) -> String {
+    format!("{error:?}")
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
