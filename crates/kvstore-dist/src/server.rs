@@ -499,19 +499,7 @@ impl Server {
         signature: InitSignature,
         refused: bool,
     ) -> Result<Vec<Outgoing>> {
-        if self.config.index != 0 {
-            return Err(Error::Protocol {
-                reason: format!(
-                    "an init check sent to server {}, only server 0 coordinates",
-                    self.config.index
-                ),
-            });
-        }
-        if self.init_checks.contains_key(&from) {
-            return Err(Error::Protocol {
-                reason: format!("worker {from} sent two init checks for one init"),
-            });
-        }
+        self.check_coordinator("an init check", from, self.init_checks.contains_key(&from))?;
         if !self.config.faults.has(Fault::InitAcceptedTwice) {
             if let Some((key, ..)) = signature.iter().find(|(k, ..)| self.inited.contains(k)) {
                 return Err(Error::DuplicateInit { key: key.clone() });
@@ -555,21 +543,28 @@ impl Server {
             .collect())
     }
 
-    /// Server 0 releases a barrier once every worker arrived.
-    fn barrier(&mut self, from: usize, id: RequestId) -> Result<Vec<Outgoing>> {
+    /// Only server 0 coordinates (barriers, init checks), and a worker takes part once per
+    /// round of it (R65).
+    fn check_coordinator(&self, what: &str, from: usize, again: bool) -> Result<()> {
         if self.config.index != 0 {
             return Err(Error::Protocol {
                 reason: format!(
-                    "barrier sent to server {}, only server 0 coordinates",
+                    "{what} sent to server {}, only server 0 coordinates",
                     self.config.index
                 ),
             });
         }
-        if self.barrier.contains_key(&from) {
+        if again {
             return Err(Error::Protocol {
-                reason: format!("worker {from} entered the barrier twice"),
+                reason: format!("worker {from} sent {what} twice"),
             });
         }
+        Ok(())
+    }
+
+    /// Server 0 releases a barrier once every worker arrived.
+    fn barrier(&mut self, from: usize, id: RequestId) -> Result<Vec<Outgoing>> {
+        self.check_coordinator("a barrier", from, self.barrier.contains_key(&from))?;
         self.barrier.insert(from, id);
         self.barrier_count += 1;
         if self.barrier_count < self.config.workers {

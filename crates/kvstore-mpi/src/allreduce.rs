@@ -362,7 +362,7 @@ impl AllreduceKv {
         let number = state.calls;
         let words = self.run(state, call, move |link| {
             link.announce(number);
-            link.all_gather_u64(&mine.words())
+            link.all_gather(&mine.words())
         })?;
         let headers: Vec<Header> = words
             .chunks_exact(HEADER_WORDS)
@@ -643,7 +643,7 @@ impl AllreduceKv {
         for (_, _, words, _) in &quantized {
             send.extend_from_slice(words);
         }
-        let gathered = self.run(state, Call::Push, move |link| link.all_gather_u32(&send))?;
+        let gathered = self.run(state, Call::Push, move |link| link.all_gather(&send))?;
         let mut at = 0;
         for (key, shape, words, len) in quantized {
             let mut sum: Vec<f32> = Vec::new();
@@ -1429,20 +1429,8 @@ impl Link {
     }
 
     /// Every worker's `mine` (all of one length), in rank order.
-    fn all_gather_u64(&self, mine: &[u64]) -> Vec<u64> {
-        let mut all = vec![0_u64; mine.len() * self.workers];
-        mpi::request::scope(|scope| {
-            let request = self
-                .world
-                .immediate_all_gather_into(scope, mine, &mut all[..]);
-            self.wait(request);
-        });
-        all
-    }
-
-    /// Every worker's `mine` (all of one length), in rank order.
-    fn all_gather_u32(&self, mine: &[u32]) -> Vec<u32> {
-        let mut all = vec![0_u32; mine.len() * self.workers];
+    fn all_gather<T: mpi::datatype::Equivalence + Copy + Default>(&self, mine: &[T]) -> Vec<T> {
+        let mut all = vec![T::default(); mine.len() * self.workers];
         mpi::request::scope(|scope| {
             let request = self
                 .world
@@ -1456,7 +1444,7 @@ impl Link {
     /// The same error on every worker when they do not fit one MPI buffer.
     fn all_gather_bytes(&self, mine: &[u8]) -> Result<(Vec<u8>, Vec<usize>)> {
         let lens: Vec<usize> = self
-            .all_gather_u64(&[mine.len() as u64])
+            .all_gather(&[mine.len() as u64])
             .into_iter()
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
             .collect();
