@@ -108,6 +108,26 @@ fn r47_state_files_corpus_replays() {
     replay("state_files", fuzz_bodies::state_files);
 }
 
+/// An open finding of the `state_files` target (fuzz/findings/state_files/): after a load and
+/// a push, the engine keeps the momentum state on the weight's device (`cpu(40)`) where the
+/// spec keeps `cpu(0)`. Which one is right (MXNet moves loaded states to the weight's context
+/// on first use) is still to decide; until then this test is ignored, visibly, and CI's fuzz
+/// campaign leaves `state_files` out (see .ci/run).
+#[test]
+#[ignore = "open finding: optimizer state device after load differs between spec and engine"]
+fn r47_open_finding_state_device_after_load() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/findings/state_files");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for path in files {
+        fuzz_bodies::state_files(&fs::read(&path).unwrap());
+    }
+}
+
 #[test]
 fn r61_differential_corpus_replays() {
     replay("differential", fuzz_bodies::differential);
