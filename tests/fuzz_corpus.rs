@@ -108,14 +108,12 @@ fn r47_state_files_corpus_replays() {
     replay("state_files", fuzz_bodies::state_files);
 }
 
-/// An open finding of the `state_files` target (fuzz/findings/state_files/): after a load and
-/// a push, the engine keeps the momentum state on the weight's device (`cpu(40)`) where the
-/// spec keeps `cpu(0)`. Which one is right (MXNet moves loaded states to the weight's context
-/// on first use) is still to decide; until then this test is ignored, visibly, and CI's fuzz
-/// campaign leaves `state_files` out (see .ci/run).
+/// The first finding of the `state_files` target (fuzz/findings/state_files/): after a load
+/// and a push, the engine kept the loaded momentum on the device its file named while the spec
+/// rebuilt it on the weight's. Decided (R70): a key's states follow its weight's device, as
+/// MXNet moves loaded states to the weight's context on first use; spec and engine now agree.
 #[test]
-#[ignore = "open finding: optimizer state device after load differs between spec and engine"]
-fn r47_open_finding_state_device_after_load() {
+fn r70_loaded_states_move_to_the_weights_device_on_update() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/findings/state_files");
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap()

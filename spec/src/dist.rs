@@ -15,7 +15,7 @@ use crate::command::ServerCommand;
 use crate::error::{Error, Result};
 use crate::key::{self, Key, KeyType};
 use crate::kind::{Kind, StoreClass};
-use crate::optimizer::{Optimizer, OptimizerUpdater};
+use crate::optimizer::{Optimizer, OptimizerUpdater, Saved};
 use crate::reduce;
 use crate::transaction;
 use crate::transfer;
@@ -529,7 +529,8 @@ impl DistStore {
     /// so its states restart (R45).
     pub fn set_optimizer(&mut self, rank: usize, optimizer: Optimizer) -> Result<()> {
         self.check_rank(rank)?;
-        self.updater = Some(UpdaterSlot::Optimizer(OptimizerUpdater::new(optimizer)?));
+        let fresh = OptimizerUpdater::new(optimizer)?;
+        self.updater = Some(UpdaterSlot::Optimizer(fresh));
         Ok(())
     }
 
@@ -566,7 +567,9 @@ impl DistStore {
     /// A worker checks the bytes before it asks the servers, so unreadable or unfitting bytes
     /// are `InvalidState` even where no optimizer is set.
     pub fn load_optimizer_states(&mut self, bytes: &[u8]) -> Result<()> {
-        let (states, optimizer) = crate::optimizer::read_saved(bytes)?;
+        let Saved {
+            states, optimizer, ..
+        } = crate::optimizer::read_saved(bytes)?;
         for (key, state) in &states {
             let stored = self.keys.get(key).ok_or_else(|| Error::InvalidState {
                 reason: format!("a state for key {key}, which is not initialised"),
@@ -585,17 +588,17 @@ impl DistStore {
     }
 }
 
-/// R68: a loaded state must have its key's shape.
+/// R68: every tensor of a loaded state must have its key's shape.
 pub fn check_state_fits(key: &Key, state: &crate::optimizer::State, stored: &Value) -> Result<()> {
-    match state {
-        Some(t) if t.shape() != stored.shape() => Err(Error::InvalidState {
+    match state.slots.iter().find(|t| t.shape() != stored.shape()) {
+        Some(t) => Err(Error::InvalidState {
             reason: format!(
                 "key {key}: a state of shape {:?} for a value of shape {:?}",
                 t.shape(),
                 stored.shape()
             ),
         }),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -682,7 +685,7 @@ fn check_compressible(key: &Key, key_dtype: DType, value: &Value) -> Result<()> 
 mod tests {
     use super::*;
     use crate::codec::CompressionType;
-    use crate::optimizer::Sgd;
+    use crate::optimizer::{Sgd, State};
     use crate::updater::UpdateError;
     use crate::value::{RowSparse, Tensor};
     use std::sync::{Arc, Mutex};
@@ -1402,13 +1405,16 @@ mod tests {
                 .save(false)
                 .unwrap()
         };
-        let misfit = file(k(1), Some(Tensor::zeros([3], DType::F32).unwrap()));
+        let misfit = file(
+            k(1),
+            State::momentum(1, Some(Tensor::zeros([3], DType::F32).unwrap())),
+        );
         let error = kv.load_optimizer_states(&misfit).unwrap_err();
         assert!(
             matches!(&error, Error::InvalidState { reason } if reason.contains("shape")),
             "{error:?}"
         );
-        let unknown = file(k(9), None);
+        let unknown = file(k(9), State::momentum(0, None));
         let error = kv.load_optimizer_states(&unknown).unwrap_err();
         assert!(
             matches!(&error, Error::InvalidState { reason } if reason.contains("not initialised")),

@@ -30,11 +30,11 @@ fn r45_parameters_must_be_finite_and_clip_non_negative() {
     let mut kv = store("local");
     for bad in [
         Sgd {
-            learning_rate: f32::NAN,
+            learning_rate: f64::NAN,
             ..Sgd::default()
         },
         Sgd {
-            momentum: f32::INFINITY,
+            momentum: f64::INFINITY,
             ..Sgd::default()
         },
         Sgd {
@@ -58,13 +58,14 @@ fn bits(xs: &[f32]) -> Vec<u32> {
 }
 
 /// Two SGD steps (lr 0.1, wd 0.01, rescale 0.5, clip 0.75) from w=[1,-2,0.3], g=[1,4,-0.2].
-fn two_steps(momentum: f32) -> (Vec<f32>, Vec<f32>) {
+fn two_steps(momentum: f64) -> (Vec<f32>, Vec<f32>) {
     let p = Sgd {
         learning_rate: 0.1,
         wd: 0.01,
         rescale_grad: 0.5,
         clip_gradient: Some(0.75),
         momentum,
+        lr_scheduler: None,
     };
     let mut kv = sgd_store(p, dense(&[3], &[1.0, -2.0, 0.3]));
     let mut step = || {

@@ -115,8 +115,8 @@ fn run(kv: &mut LocalStore, op: &Op) -> bool {
         },
         Op::Optimizer(lr, m) => kv
             .set_optimizer(Optimizer::Sgd(Sgd {
-                learning_rate: *lr,
-                momentum: *m,
+                learning_rate: f64::from(*lr),
+                momentum: f64::from(*m),
                 ..Sgd::default()
             }))
             .is_err(),

@@ -46,7 +46,7 @@ impl Model {
             (if have_keys { 3 } else { 12 }, self.init_op()),
             (1, self.broadcast_op()),
             (1, compression_op()),
-            (2, ops::sgd().prop_map(Op::SetOptimizer).boxed()),
+            (2, ops::optimizer().prop_map(Op::SetOptimizer).boxed()),
             (2, self.updater_op()),
             (if self.updater { 4 } else { 1 }, self.state_file_ops()),
             (2, Just(Op::WaitAll).boxed()),

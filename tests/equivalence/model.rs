@@ -4,7 +4,7 @@
 
 use crate::ops::{self, KeyMeta, Op, SlotMeta};
 use kvstore::spec::key::fix_key_type;
-use kvstore::{normalize, Key, KeyType, Keys, Optimizer, StorageType, Value, Values};
+use kvstore::{normalize, Key, KeyType, Keys, StorageType, Value, Values};
 use proptest::prelude::*;
 use proptest_state_machine::ReferenceStateMachine;
 use std::collections::{BTreeMap, BTreeSet};
@@ -148,7 +148,7 @@ impl ReferenceStateMachine for Model {
             Op::Init { keys, values } => m.init(keys, values, None),
             Op::Broadcast { keys, values, outs } => m.init(keys, values, Some(outs)),
             Op::SetCompression(_) if m.allows_compression() => m.compression = true,
-            Op::SetOptimizer(sgd) if Optimizer::Sgd(*sgd).validate().is_ok() => {
+            Op::SetOptimizer(optimizer) if optimizer.validate().is_ok() => {
                 m.updater = true;
                 m.optimizer = true;
             }

@@ -7,7 +7,8 @@
 
 use crate::updaters::UpdaterKind;
 use kvstore::{
-    Compression, DType, Data, Device, Item, Key, Keys, RowSparse, Sgd, Tensor, Value, Values,
+    AdaGrad, Adam, Compression, DType, Data, Device, Ftrl, Item, Key, Keys, LrScheduler, Nag,
+    Optimizer, RmsProp, RowSparse, Sgd, Tensor, Value, Values, WarmupMode,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
@@ -79,7 +80,7 @@ pub enum Op {
         ignore_sparse: bool,
     },
     SetCompression(Compression),
-    SetOptimizer(Sgd),
+    SetOptimizer(Optimizer),
     SetUpdater(UpdaterKind),
     SaveStates {
         file: u8,
@@ -295,14 +296,14 @@ pub fn row_ids(outputs: usize, rows: usize) -> BoxedStrategy<Vec<Vec<i64>>> {
 /// SGD parameters, rarely invalid (R45).
 pub fn sgd() -> BoxedStrategy<Sgd> {
     (
-        prop_oneof![select(vec![0.1f32, 0.5, 1.0, 0.01]), 0.0f32..2.0],
-        select(vec![0.0f32, 0.0, 0.9]),
-        select(vec![0.0f32, 0.0, 0.01, 0.5]),
-        select(vec![1.0f32, 1.0, 0.5, 2.0]),
+        prop_oneof![select(vec![0.1f64, 0.5, 1.0, 0.01]), 0.0f64..2.0],
+        select(vec![0.0f64, 0.0, 0.9]),
+        select(vec![0.0f64, 0.0, 0.01, 0.5]),
+        select(vec![1.0f64, 1.0, 0.5, 2.0]),
         prop_oneof![
             3 => Just(None),
-            2 => select(vec![0.5f32, 1.0, 10.0, 0.0]).prop_map(Some),
-            1 => select(vec![-1.0f32, f32::NAN]).prop_map(Some),
+            2 => select(vec![0.5f64, 1.0, 10.0, 0.0]).prop_map(Some),
+            1 => select(vec![-1.0f64, f64::NAN]).prop_map(Some),
         ],
     )
         .prop_map(
@@ -312,8 +313,85 @@ pub fn sgd() -> BoxedStrategy<Sgd> {
                 wd,
                 rescale_grad,
                 clip_gradient,
+                lr_scheduler: None,
             },
         )
+        .boxed()
+}
+
+/// Any optimizer (R70-R76), SGD's parameters carried over to the kind, sometimes with a
+/// schedule.
+pub fn optimizer() -> BoxedStrategy<Optimizer> {
+    let schedule = prop_oneof![
+        3 => Just(None),
+        1 => (1u64..4, select(vec![0.5f64, 0.9])).prop_map(|(step, factor)| {
+            Some(LrScheduler::Factor {
+                step,
+                factor,
+                stop_factor_lr: 1e-8,
+                warmup_steps: 1,
+                warmup_begin_lr: 0.0,
+                warmup_mode: WarmupMode::Linear,
+            })
+        }),
+    ];
+    (sgd(), 0u8..8, any::<bool>(), schedule)
+        .prop_map(|(p, kind, flag, lr_scheduler)| {
+            let Sgd {
+                learning_rate,
+                momentum,
+                wd,
+                rescale_grad,
+                clip_gradient,
+                ..
+            } = p;
+            match kind {
+                0..=2 => Optimizer::Sgd(Sgd { lr_scheduler, ..p }),
+                3 => Optimizer::Nag(Nag {
+                    learning_rate,
+                    momentum,
+                    wd,
+                    rescale_grad,
+                    clip_gradient,
+                    lr_scheduler,
+                }),
+                4 => Optimizer::Adam(Adam {
+                    learning_rate,
+                    wd,
+                    rescale_grad,
+                    clip_gradient,
+                    lr_scheduler,
+                    lazy_update: flag,
+                    ..Adam::default()
+                }),
+                5 => Optimizer::AdaGrad(AdaGrad {
+                    learning_rate,
+                    wd,
+                    rescale_grad,
+                    clip_gradient,
+                    lr_scheduler,
+                    ..AdaGrad::default()
+                }),
+                6 => Optimizer::RmsProp(RmsProp {
+                    learning_rate,
+                    wd,
+                    rescale_grad,
+                    clip_gradient,
+                    lr_scheduler,
+                    centered: flag,
+                    clip_weights: flag.then_some(2.0),
+                    ..RmsProp::default()
+                }),
+                _ => Optimizer::Ftrl(Ftrl {
+                    learning_rate,
+                    wd,
+                    rescale_grad,
+                    clip_gradient,
+                    lr_scheduler,
+                    ..Ftrl::default()
+                }),
+            }
+        })
         .boxed()
 }
 

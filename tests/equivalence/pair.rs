@@ -2,7 +2,7 @@
 //! op their results, pulled outputs and saved state files must agree bit for bit.
 
 use crate::ops::{leaves, Op};
-use kvstore::spec::optimizer::OptimizerUpdater;
+use kvstore::spec::optimizer::{OptimizerUpdater, State};
 use kvstore::spec::store::Observable;
 use kvstore::{
     BackendKind, DType, Error, Input, KvStore, NdArray, Optimizer, Options, PullOptions, Result,
@@ -123,7 +123,7 @@ fn run(store: &KvStore, op: &Op, dir: &Path, slots: &[NdArray]) -> Outcome {
             store.pull_with(keys.clone(), outs, options)
         }
         Op::SetCompression(c) => store.set_gradient_compression(*c),
-        Op::SetOptimizer(sgd) => store.set_optimizer(Optimizer::Sgd(*sgd)),
+        Op::SetOptimizer(optimizer) => store.set_optimizer(optimizer.clone()),
         Op::SetUpdater(kind) => {
             store.set_updater(kind.build());
             Ok(())
@@ -171,8 +171,8 @@ fn write_state_file(op: &Op, dir: &Path) {
             let momentum = momentum
                 .as_ref()
                 .map(|shape| Tensor::full(shape.clone(), DType::F32, 0.5).unwrap());
-            let optimizer = optimizer.unwrap_or_default();
-            let states = BTreeMap::from([(key.clone(), momentum)]);
+            let optimizer = optimizer.clone().unwrap_or_default();
+            let states = BTreeMap::from([(key.clone(), State::momentum(1, momentum))]);
             // An invalid optimizer cannot be saved: such a file holds the default one.
             let updater = OptimizerUpdater::with_states(Optimizer::Sgd(optimizer), states.clone())
                 .or_else(|_| {

@@ -6,7 +6,7 @@
 
 use crate::bench::{self, BenchArgs, BenchError};
 use crate::check::{self, CheckArgs, CheckError};
-use crate::demo::{self, CompressionChoice, DemoConfig, DemoError};
+use crate::demo::{self, CompressionChoice, DemoConfig, DemoError, OptimizerChoice};
 use crate::replay::{self, ReplayArgs, ReplayError};
 use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
@@ -73,12 +73,16 @@ pub struct DemoArgs {
     /// share of it.
     #[arg(long, default_value_t = DemoConfig::default().batch_size)]
     pub batch_size: usize,
-    /// SGD learning rate (the gradient is the mean over the global batch).
-    #[arg(long, default_value_t = DemoConfig::default().learning_rate)]
-    pub learning_rate: f32,
-    /// SGD momentum.
+    /// The optimizer the store runs.
+    #[arg(long, value_enum, default_value_t = DemoConfig::default().optimizer)]
+    pub optimizer: OptimizerChoice,
+    /// Learning rate (the gradient is the mean over the global batch); default: sgd and nag
+    /// 0.5, adam 0.05, adagrad 0.5, rmsprop 0.01, ftrl 0.5.
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Momentum of sgd and nag.
     #[arg(long, default_value_t = DemoConfig::default().momentum)]
-    pub momentum: f32,
+    pub momentum: f64,
     /// Number of simulated devices, cpu(0), cpu(1), ...
     #[arg(long, default_value_t = DemoConfig::default().devices)]
     pub devices: usize,
@@ -112,6 +116,7 @@ impl DemoArgs {
         DemoConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
+            optimizer: self.optimizer,
             learning_rate: self.learning_rate,
             momentum: self.momentum,
             devices: self.devices,

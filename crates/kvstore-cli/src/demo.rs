@@ -13,7 +13,7 @@ use crate::cluster::Cluster;
 use crate::data::{self, DataSpec, SplitMix64, Synthetic};
 use crate::model::{self, Gradient};
 use indicatif::{ProgressBar, ProgressStyle};
-use kvstore::{Compression, CompressionType, Optimizer, Sgd};
+use kvstore::{AdaGrad, Adam, Compression, CompressionType, Ftrl, Nag, Optimizer, RmsProp, Sgd};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,61 @@ impl CompressionChoice {
     }
 }
 
+/// The optimizer the store runs (R70).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimizerChoice {
+    /// SGD with momentum.
+    #[value(name = "sgd")]
+    Sgd,
+    /// Nesterov accelerated gradient.
+    #[value(name = "nag")]
+    Nag,
+    /// Adam.
+    #[value(name = "adam")]
+    Adam,
+    /// AdaGrad.
+    #[value(name = "adagrad")]
+    AdaGrad,
+    /// RMSProp (not centered).
+    #[value(name = "rmsprop")]
+    RmsProp,
+    /// FTRL-proximal.
+    #[value(name = "ftrl")]
+    Ftrl,
+}
+
+impl OptimizerChoice {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerChoice::Sgd => "sgd",
+            OptimizerChoice::Nag => "nag",
+            OptimizerChoice::Adam => "adam",
+            OptimizerChoice::AdaGrad => "adagrad",
+            OptimizerChoice::RmsProp => "rmsprop",
+            OptimizerChoice::Ftrl => "ftrl",
+        }
+    }
+
+    /// The learning rate the demo uses when none is given: one that trains the demo's model
+    /// to full test accuracy in the default ten epochs.
+    pub fn default_learning_rate(self) -> f64 {
+        match self {
+            OptimizerChoice::Sgd | OptimizerChoice::Nag => 0.5,
+            OptimizerChoice::Adam => 0.05,
+            OptimizerChoice::AdaGrad => 0.5,
+            OptimizerChoice::RmsProp => 0.01,
+            OptimizerChoice::Ftrl => 0.5,
+        }
+    }
+}
+
+impl std::fmt::Display for OptimizerChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Everything the demo can be asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DemoConfig {
@@ -64,10 +119,12 @@ pub struct DemoConfig {
     pub epochs: usize,
     /// Samples per step over all devices.
     pub batch_size: usize,
-    /// SGD learning rate.
-    pub learning_rate: f32,
-    /// SGD momentum.
-    pub momentum: f32,
+    /// The optimizer.
+    pub optimizer: OptimizerChoice,
+    /// Learning rate; `None` for the optimizer's demo default.
+    pub learning_rate: Option<f64>,
+    /// Momentum of SGD and NAG.
+    pub momentum: f64,
     /// Number of simulated devices.
     pub devices: usize,
     /// Seed of the data set and of the shuffling.
@@ -92,7 +149,8 @@ impl Default for DemoConfig {
         DemoConfig {
             epochs: 10,
             batch_size: 128,
-            learning_rate: 0.5,
+            optimizer: OptimizerChoice::Sgd,
+            learning_rate: None,
             momentum: 0.9,
             devices: 4,
             seed: data.seed,
@@ -119,13 +177,62 @@ impl DemoConfig {
         }
     }
 
-    /// The optimizer the store runs: SGD on the mean gradient of the global batch.
-    pub fn optimizer(&self) -> Sgd {
-        Sgd {
-            learning_rate: self.learning_rate,
-            momentum: self.momentum,
-            rescale_grad: 1.0 / self.batch_size as f32,
-            ..Sgd::default()
+    /// The learning rate the optimizer runs with.
+    pub fn learning_rate(&self) -> f64 {
+        self.learning_rate
+            .unwrap_or_else(|| self.optimizer.default_learning_rate())
+    }
+
+    /// The optimizer the store runs, on the mean gradient of the global batch.
+    pub fn optimizer(&self) -> Optimizer {
+        let learning_rate = self.learning_rate();
+        let rescale_grad = 1.0 / self.batch_size as f64;
+        match self.optimizer {
+            OptimizerChoice::Sgd => Optimizer::Sgd(Sgd {
+                learning_rate,
+                momentum: self.momentum,
+                rescale_grad,
+                ..Sgd::default()
+            }),
+            OptimizerChoice::Nag => Optimizer::Nag(Nag {
+                learning_rate,
+                momentum: self.momentum,
+                rescale_grad,
+                ..Nag::default()
+            }),
+            OptimizerChoice::Adam => Optimizer::Adam(Adam {
+                learning_rate,
+                rescale_grad,
+                ..Adam::default()
+            }),
+            OptimizerChoice::AdaGrad => Optimizer::AdaGrad(AdaGrad {
+                learning_rate,
+                rescale_grad,
+                ..AdaGrad::default()
+            }),
+            OptimizerChoice::RmsProp => Optimizer::RmsProp(RmsProp {
+                learning_rate,
+                rescale_grad,
+                ..RmsProp::default()
+            }),
+            OptimizerChoice::Ftrl => Optimizer::Ftrl(Ftrl {
+                learning_rate,
+                rescale_grad,
+                ..Ftrl::default()
+            }),
+        }
+    }
+
+    /// How the report names the optimizer: its name and the parameters the flags set.
+    fn optimizer_label(&self) -> String {
+        let lr = self.learning_rate();
+        match self.optimizer {
+            OptimizerChoice::Sgd | OptimizerChoice::Nag => format!(
+                "{} lr {lr} momentum {}",
+                self.optimizer.name(),
+                self.momentum
+            ),
+            other => format!("{} lr {lr}", other.name()),
         }
     }
 
@@ -260,8 +367,7 @@ pub fn run_demo(config: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, 
     if let Some(c) = compression {
         kv.set_gradient_compression(c)?;
     }
-    let sgd = config.optimizer();
-    kv.set_optimizer(Optimizer::Sgd(sgd))?;
+    kv.set_optimizer(config.optimizer())?;
     // `validate` bounds the device count by MAX_DEVICES, so it fits a u32.
     let devices = u32::try_from(config.devices).unwrap_or(u32::MAX);
     let mut cluster = Cluster::new(kv, devices, config.features)?;
@@ -278,15 +384,14 @@ pub fn run_demo(config: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, 
     writeln!(
         out,
         "  {} devices cpu(0)..cpu({}) on a '{}' store, compression {}, batch {} ({} steps/epoch), \
-         sgd lr {} momentum {}",
+         {}",
         config.devices,
         config.devices - 1,
         cluster.store().kind(),
         compression_label(config),
         config.batch_size,
         steps_per_epoch,
-        sgd.learning_rate,
-        sgd.momentum
+        config.optimizer_label()
     )?;
 
     let mut rng = SplitMix64::new(config.seed ^ SHUFFLE_STREAM);

@@ -185,8 +185,8 @@ fn cluster(compression: Option<Compression>, features: usize) -> Cluster {
             .expect("device allows compression");
     }
     kv.set_optimizer(Optimizer::Sgd(Sgd {
-        learning_rate: LR,
-        rescale_grad: 1.0 / BATCH as f32,
+        learning_rate: f64::from(LR),
+        rescale_grad: 1.0 / BATCH as f64,
         ..Sgd::default()
     }))
     .expect("valid sgd");

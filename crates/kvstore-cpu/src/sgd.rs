@@ -35,15 +35,24 @@ pub struct SgdParams {
     pub clip_gradient: Option<f32>,
 }
 
-impl From<&Sgd> for SgdParams {
-    fn from(p: &Sgd) -> Self {
+impl SgdParams {
+    /// The kernel parameters of `p` for an update whose scheduled learning rate is `lr`: each
+    /// rounded to `f32`, as MXNet's `float` kernel parameters are.
+    pub fn with_lr(p: &Sgd, lr: f64) -> Self {
         SgdParams {
-            learning_rate: p.learning_rate,
-            momentum: p.momentum,
-            wd: p.wd,
-            rescale_grad: p.rescale_grad,
-            clip_gradient: p.clip_gradient,
+            learning_rate: lr as f32,
+            momentum: p.momentum as f32,
+            wd: p.wd as f32,
+            rescale_grad: p.rescale_grad as f32,
+            clip_gradient: p.clip_gradient.map(|c| c as f32),
         }
+    }
+}
+
+impl From<&Sgd> for SgdParams {
+    /// The parameters without a schedule (`p.learning_rate`).
+    fn from(p: &Sgd) -> Self {
+        SgdParams::with_lr(p, p.learning_rate)
     }
 }
 

@@ -246,11 +246,12 @@ fn sgd() -> impl Strategy<Value = Sgd> {
     ]);
     (lr, momentum, wd, rescale, clip).prop_map(
         |(learning_rate, momentum, wd, rescale_grad, clip)| Sgd {
-            learning_rate,
-            momentum,
-            wd,
-            rescale_grad,
-            clip_gradient: clip,
+            learning_rate: learning_rate.into(),
+            momentum: momentum.into(),
+            wd: wd.into(),
+            rescale_grad: rescale_grad.into(),
+            clip_gradient: clip.map(f64::from),
+            lr_scheduler: None,
         },
     )
 }
@@ -373,7 +374,7 @@ fn check_sparse_sum(
 fn check_sgd_dense(p: Sgd, weight: &[f32], grads: &[Vec<f32>]) -> Result<(), TestCaseError> {
     let n = weight.len();
     let key = Key::Int(3);
-    let mut updater = OptimizerUpdater::new(Optimizer::Sgd(p)).unwrap();
+    let mut updater = OptimizerUpdater::new(Optimizer::Sgd(p.clone())).unwrap();
     let mut stored = dense(weight);
     let params = SgdParams::from(&p);
     let mut w = weight.to_vec();
@@ -382,7 +383,10 @@ fn check_sgd_dense(p: Sgd, weight: &[f32], grads: &[Vec<f32>]) -> Result<(), Tes
         updater.update(&key, &dense(g), &mut stored).unwrap();
         sgd_dense(&params, &mut w, g, m.as_deref_mut()).unwrap();
         same_bits("weight", &w, &f32s(stored.to_dense().data()))?;
-        let state = updater.states().get(&key).cloned().flatten();
+        let state = updater
+            .states()
+            .get(&key)
+            .and_then(|s| s.slots.first().cloned());
         match (&m, state) {
             (Some(m), Some(s)) => same_bits("momentum", m, &f32s(s.data()))?,
             (None, None) => {}
@@ -409,9 +413,9 @@ fn check_sgd_rows(
     grads: &[(Vec<i64>, Vec<f32>)],
 ) -> Result<(), TestCaseError> {
     let key = Key::Str("w".into());
-    let mut updater = OptimizerUpdater::new(Optimizer::Sgd(p)).unwrap();
+    let mut updater = OptimizerUpdater::new(Optimizer::Sgd(p.clone())).unwrap();
     let mut stored = dense_rows(rows, row_len, weight);
-    let params = SgdParams::from(p);
+    let params = SgdParams::from(&p);
     let mut w = weight.to_vec();
     let mut m = (p.momentum != 0.0).then(|| vec![0.0f32; weight.len()]);
     for (ids, g) in grads {
@@ -431,7 +435,10 @@ fn check_sgd_rows(
             let span = r as usize * row_len..(r as usize + 1) * row_len;
             same_bits("touched row", &w[span.clone()], &spec_w[span])?;
         }
-        let state = updater.states().get(&key).cloned().flatten();
+        let state = updater
+            .states()
+            .get(&key)
+            .and_then(|s| s.slots.first().cloned());
         match (&m, state) {
             (Some(m), Some(s)) => same_bits("momentum", m, &f32s(s.data()))?,
             (None, None) => {}
@@ -582,7 +589,7 @@ proptest! {
         (weight, grads) in (0usize..300, 1usize..4)
             .prop_flat_map(|(n, steps)| (values(n), proptest::collection::vec(values(n), steps))),
     ) {
-        check_sgd_dense(p, &weight, &grads)?;
+        check_sgd_dense(p.clone(), &weight, &grads)?;
     }
 
     #[test]
@@ -672,7 +679,7 @@ proptest! {
         let mut mix = Mix(seed);
         let weight = mix.values(BIG);
         let grads: Vec<Vec<f32>> = (0..2).map(|_| mix.values(BIG)).collect();
-        check_sgd_dense(p, &weight, &grads)?;
+        check_sgd_dense(p.clone(), &weight, &grads)?;
         let (rows, row_len) = (4000, 40);
         let weight = mix.values(rows * row_len);
         let grads: Vec<(Vec<i64>, Vec<f32>)> = (0..2)

@@ -509,7 +509,7 @@ impl Worker {
     /// Loads optimizer states (R68): the bytes are checked here (every state must belong to a
     /// key this worker knows and have its shape), then each server gets its parts' states.
     pub fn load_optimizer_states(&mut self, bytes: &[u8]) -> Result<(OpId, Effects)> {
-        let (states, optimizer) = optimizer::read_saved(bytes)?;
+        let optimizer::Saved { states, optimizer } = optimizer::read_saved(bytes)?;
         let mut per_server: Vec<Vec<(Key, State)>> = vec![Vec::new(); self.config.layout.servers()];
         for (key, state) in &states {
             let meta = self.keys.get(key).ok_or_else(|| Error::InvalidState {
@@ -519,15 +519,23 @@ impl Worker {
             kvstore_spec::dist::check_state_fits(key, state, &shape_only)?;
             for part in &meta.parts {
                 // A server holds a key whole in its shape, or a sliced key's flat part.
-                let part_state = match state {
-                    None => None,
-                    Some(t) if meta.parts.len() == 1 => Some(t.clone()),
-                    Some(t) => {
-                        match parts::slice(key, &Value::Dense(t.clone()), part.range.clone())? {
-                            Value::Dense(flat) => Some(flat),
-                            Value::RowSparse(_) => None,
-                        }
-                    }
+                let slots = if meta.parts.len() == 1 {
+                    state.slots.clone()
+                } else {
+                    state
+                        .slots
+                        .iter()
+                        .map(|t| parts::slice(key, &Value::Dense(t.clone()), part.range.clone()))
+                        .filter_map(|part| match part {
+                            Ok(Value::Dense(flat)) => Some(Ok(flat)),
+                            Ok(Value::RowSparse(_)) => None,
+                            Err(e) => Some(Err(e)),
+                        })
+                        .collect::<Result<Vec<Tensor>>>()?
+                };
+                let part_state = State {
+                    updates: state.updates,
+                    slots,
                 };
                 if let Some(list) = per_server.get_mut(part.server) {
                     list.push((key.clone(), part_state));
@@ -551,8 +559,8 @@ impl Worker {
     }
 
     /// The saved bytes from every server's reply: each key's parts joined in element order; a
-    /// part without a state yet, beside parts with one, is a zero momentum (what its first
-    /// update would create).
+    /// part without a state yet, beside parts with one, is zeros (what its first update would
+    /// create).
     fn assemble_states(&self, saving: Saving) -> Result<Vec<u8>> {
         let missing = || Error::Protocol {
             reason: "a server's states never arrived".into(),
@@ -579,29 +587,43 @@ impl Worker {
             if found.iter().all(Option::is_none) {
                 continue;
             }
-            let tensors: Vec<Option<&Tensor>> =
-                found.iter().map(|s| s.and_then(Option::as_ref)).collect();
-            let Some(dtype) = tensors.iter().flatten().map(|t| t.dtype()).next() else {
-                states.insert(key.clone(), None);
-                continue;
-            };
-            let values = meta
-                .parts
+            // Parts are updated together, so their counts agree; one without a state yet
+            // (possible only before any update reached it) counts as zeros.
+            let updates = found.iter().flatten().map(|s| s.updates).max().unwrap_or(0);
+            let slot_count = found
                 .iter()
-                .zip(&tensors)
-                .map(|(part, t)| match t {
-                    Some(t) => Ok(Value::Dense((*t).clone())),
-                    None => Ok(Value::Dense(Tensor::zeros([part.range.len()], dtype)?)),
-                })
-                .collect::<Result<Vec<Value>>>()?;
-            match parts::assemble(key, &meta.shape, values)? {
-                Value::Dense(whole) => states.insert(key.clone(), Some(whole)),
-                Value::RowSparse(_) => {
-                    return Err(Error::Protocol {
-                        reason: format!("key {key}: a row_sparse optimizer state"),
+                .flatten()
+                .map(|s| s.slots.len())
+                .max()
+                .unwrap_or(0);
+            let mut slots = Vec::with_capacity(slot_count);
+            for j in 0..slot_count {
+                let tensors: Vec<Option<&Tensor>> = found
+                    .iter()
+                    .map(|s| s.and_then(|s| s.slots.get(j)))
+                    .collect();
+                let Some(dtype) = tensors.iter().flatten().map(|t| t.dtype()).next() else {
+                    continue;
+                };
+                let values = meta
+                    .parts
+                    .iter()
+                    .zip(&tensors)
+                    .map(|(part, t)| match t {
+                        Some(t) => Ok(Value::Dense((*t).clone())),
+                        None => Ok(Value::Dense(Tensor::zeros([part.range.len()], dtype)?)),
                     })
+                    .collect::<Result<Vec<Value>>>()?;
+                match parts::assemble(key, &meta.shape, values)? {
+                    Value::Dense(whole) => slots.push(whole),
+                    Value::RowSparse(_) => {
+                        return Err(Error::Protocol {
+                            reason: format!("key {key}: a row_sparse optimizer state"),
+                        })
+                    }
                 }
-            };
+            }
+            states.insert(key.clone(), State { updates, slots });
         }
         OptimizerUpdater::with_states(optimizer, states)?.save(saving.dump_optimizer)
     }

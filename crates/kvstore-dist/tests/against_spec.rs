@@ -226,7 +226,7 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
     let optimizer = setup.momentum.map(|momentum| {
         Optimizer::Sgd(Sgd {
             learning_rate: 0.5,
-            momentum,
+            momentum: f64::from(momentum),
             ..Sgd::default()
         })
     });

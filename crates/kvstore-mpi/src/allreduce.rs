@@ -1012,7 +1012,8 @@ impl Handle for AllreduceKv {
 /// The updater `bytes` give (R68), checked in the spec's order: readable, fitting the keys,
 /// then an optimizer to load into.
 fn loaded_states(state: &State, bytes: &[u8]) -> Result<OptimizerUpdater> {
-    let (states, optimizer) = kvstore_spec::optimizer::read_saved(bytes)?;
+    let kvstore_spec::optimizer::Saved { states, optimizer } =
+        kvstore_spec::optimizer::read_saved(bytes)?;
     for (key, saved) in &states {
         let stored = state.values.get(key).ok_or_else(|| Error::InvalidState {
             reason: format!("a state for key {key}, which is not initialised"),

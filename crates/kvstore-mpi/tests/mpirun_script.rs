@@ -33,7 +33,7 @@ mod script;
 use kvstore_spec::codec::{Compression, CompressionType};
 use kvstore_spec::dist::DistStore;
 use kvstore_spec::kind::Kind;
-use kvstore_spec::optimizer::{Optimizer, Sgd};
+use kvstore_spec::optimizer::{Adam, Ftrl, LrScheduler, Nag, Optimizer, RmsProp, Sgd, WarmupMode};
 use kvstore_spec::{DType, Device, Error, Key, RowSparse, Tensor, Value};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
@@ -241,24 +241,64 @@ fn compression() -> impl Strategy<Value = Compression> {
     ]
 }
 
-/// SGD with MXNet's knobs; a negative clip bound is a mistake (`InvalidOptimizer`).
+/// An optimizer of any kind with MXNet's knobs (SGD's carried over); a negative clip bound is
+/// a mistake (`InvalidOptimizer`).
 fn optimizer() -> impl Strategy<Value = Optimizer> {
     (
-        prop::sample::select(vec![1.0f32, 0.5, 0.1, 0.01]),
-        prop::sample::select(vec![0.0f32, 0.9]),
-        prop::sample::select(vec![0.0f32, 0.1]),
-        prop::sample::select(vec![1.0f32, 0.5]),
-        prop::sample::select(vec![None, Some(1.0f32), Some(0.0), Some(-1.0)]),
+        prop::sample::select(vec![1.0f64, 0.5, 0.1, 0.01]),
+        prop::sample::select(vec![0.0f64, 0.9]),
+        prop::sample::select(vec![0.0f64, 0.1]),
+        prop::sample::select(vec![1.0f64, 0.5]),
+        prop::sample::select(vec![None, Some(1.0f64), Some(0.0), Some(-1.0)]),
+        0u8..6,
     )
         .prop_map(
-            |(learning_rate, momentum, wd, rescale_grad, clip_gradient)| {
-                Optimizer::Sgd(Sgd {
+            |(learning_rate, momentum, wd, rescale_grad, clip_gradient, kind)| match kind {
+                0 | 1 => Optimizer::Sgd(Sgd {
                     learning_rate,
                     momentum,
                     wd,
                     rescale_grad,
                     clip_gradient,
-                })
+                    lr_scheduler: None,
+                }),
+                2 => Optimizer::Adam(Adam {
+                    learning_rate,
+                    wd,
+                    rescale_grad,
+                    clip_gradient,
+                    ..Adam::default()
+                }),
+                3 => Optimizer::RmsProp(RmsProp {
+                    learning_rate,
+                    wd,
+                    rescale_grad,
+                    clip_gradient,
+                    centered: true,
+                    ..RmsProp::default()
+                }),
+                4 => Optimizer::Nag(Nag {
+                    learning_rate,
+                    momentum,
+                    wd,
+                    rescale_grad,
+                    clip_gradient,
+                    lr_scheduler: Some(LrScheduler::Factor {
+                        step: 2,
+                        factor: 0.5,
+                        stop_factor_lr: 1e-8,
+                        warmup_steps: 0,
+                        warmup_begin_lr: 0.0,
+                        warmup_mode: WarmupMode::Linear,
+                    }),
+                }),
+                _ => Optimizer::Ftrl(Ftrl {
+                    learning_rate,
+                    wd,
+                    rescale_grad,
+                    clip_gradient,
+                    ..Ftrl::default()
+                }),
             },
         )
 }

@@ -35,7 +35,9 @@ pub mod trace;
 pub use args::{Input, Inputs, IntoInput, IntoOutput, Outputs, RowIds};
 pub use array::NdArray;
 pub use kvstore_spec::codec::{Compression, CompressionType};
-pub use kvstore_spec::optimizer::{Optimizer, Sgd};
+pub use kvstore_spec::optimizer::{
+    AdaGrad, Adam, Ftrl, LrScheduler, Nag, Optimizer, RmsProp, Sgd, WarmupMode,
+};
 pub use kvstore_spec::updater::{UpdateError, Updater};
 pub use kvstore_spec::{
     DType, Data, Device, Error, Key, KeyType, Result, RowSparse, StorageType, Tensor, Value,

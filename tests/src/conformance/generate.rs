@@ -630,7 +630,10 @@ impl Model {
             }
             Op::SetGradientCompression { params } => m.compression(params)?,
             Op::SetOptimizer { optimizer } => {
-                let Optimizer::Sgd(p) = optimizer;
+                // The other optimizers have their own conformance suite (optimizers.rs).
+                let Optimizer::Sgd(p) = optimizer else {
+                    return Err(Avoid::Inexpressible);
+                };
                 m.check_sgd(p)?;
                 m.updater = UpdaterModel::Sgd(m.next_optimizer);
                 m.next_optimizer += 1;
@@ -1600,6 +1603,7 @@ impl Gen {
             } else {
                 None
             },
+            lr_scheduler: None,
         };
         Op::SetOptimizer {
             optimizer: Optimizer::Sgd(sgd),

@@ -30,7 +30,9 @@ use arbitrary::{Arbitrary, Unstructured};
 use kvstore::normalize::{Item, Keys, Values};
 use kvstore_spec::codec::{bytes_to_words, words_to_bytes, Compression, CompressionType};
 use kvstore_spec::kind::Kind;
-use kvstore_spec::optimizer::{Optimizer, Sgd};
+use kvstore_spec::optimizer::{
+    AdaGrad, Adam, Ftrl, LrScheduler, Nag, Optimizer, RmsProp, Sgd, WarmupMode,
+};
 use kvstore_spec::store::LocalStore;
 use kvstore_spec::{numel, DType, Data, Device, Error, Key, RowSparse, Tensor, Value};
 
@@ -538,7 +540,7 @@ fn decode_op(u: &mut Unstructured<'_>, saved: &[Vec<u8>]) -> arbitrary::Result<O
                 .ok()
                 .map(Op::SetCompression)
         }
-        OpKind::SetOptimizer => Some(Op::SetOptimizer(Optimizer::Sgd(sgd(u)?))),
+        OpKind::SetOptimizer => Some(Op::SetOptimizer(optimizer(u)?)),
         OpKind::Save => Some(Op::Save(u.arbitrary()?)),
         OpKind::Load => Some(Op::Load(load_bytes(u, saved)?)),
     })
@@ -709,18 +711,107 @@ fn threshold(u: &mut Unstructured<'_>) -> arbitrary::Result<f32> {
 
 /// SGD parameters, sometimes invalid (not finite, negative clip).
 fn sgd(u: &mut Unstructured<'_>) -> arbitrary::Result<Sgd> {
-    let mut pick = |choices: &[f32]| -> arbitrary::Result<f32> { Ok(*u.choose(choices)?) };
-    let learning_rate = pick(&[0.1, 0.1, 0.01, 1.0, 0.0, -0.5, f32::NAN])?;
-    let momentum = pick(&[0.0, 0.0, 0.9, 0.5, f32::INFINITY])?;
+    let mut pick = |choices: &[f64]| -> arbitrary::Result<f64> { Ok(*u.choose(choices)?) };
+    let learning_rate = pick(&[0.1, 0.1, 0.01, 1.0, 0.0, -0.5, f64::NAN])?;
+    let momentum = pick(&[0.0, 0.0, 0.9, 0.5, f64::INFINITY])?;
     let wd = pick(&[0.0, 0.0, 0.01, 0.5])?;
     let rescale_grad = pick(&[1.0, 1.0, 0.5, 2.0])?;
-    let clip = pick(&[-2.0, -2.0, 1.0, 0.0, -1.0, f32::NAN])?;
+    let clip = pick(&[-2.0, -2.0, 1.0, 0.0, -1.0, f64::NAN])?;
     Ok(Sgd {
         learning_rate,
         momentum,
         wd,
         rescale_grad,
         clip_gradient: (clip != -2.0).then_some(clip),
+        lr_scheduler: None,
+    })
+}
+
+/// Any optimizer (R70-R76): SGD's parameters carried over to a kind picked by the input, its
+/// own parameters from small menus (sometimes invalid), sometimes with a schedule.
+fn optimizer(u: &mut Unstructured<'_>) -> arbitrary::Result<Optimizer> {
+    let p = sgd(u)?;
+    let kind = u.int_in_range(0u8..=7)?;
+    let mut pick = |choices: &[f64]| -> arbitrary::Result<f64> { Ok(*u.choose(choices)?) };
+    let beta = pick(&[0.9, 0.5, 0.0, 1.0, f64::NAN])?;
+    let eps = pick(&[1e-8, 1e-7, 0.0, 1.0])?;
+    let flag = pick(&[0.0, 1.0])? != 0.0;
+    let lr_scheduler = match u.int_in_range(0u8..=3)? {
+        0 => Some(LrScheduler::Factor {
+            step: u.int_in_range(0u64..=3)?,
+            factor: *u.choose(&[0.5, 1.0, 2.0])?,
+            stop_factor_lr: 1e-8,
+            warmup_steps: u.int_in_range(0u64..=2)?,
+            warmup_begin_lr: 0.0,
+            warmup_mode: WarmupMode::Linear,
+        }),
+        1 => Some(LrScheduler::MultiFactor {
+            steps: vec![1, u.int_in_range(0u64..=4)?],
+            factor: 0.5,
+            warmup_steps: 0,
+            warmup_begin_lr: 0.0,
+            warmup_mode: WarmupMode::Constant,
+        }),
+        _ => None,
+    };
+    let Sgd {
+        learning_rate,
+        momentum,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        ..
+    } = p;
+    Ok(match kind {
+        0..=2 => Optimizer::Sgd(Sgd { lr_scheduler, ..p }),
+        3 => Optimizer::Nag(Nag {
+            learning_rate,
+            momentum,
+            wd,
+            rescale_grad,
+            clip_gradient,
+            lr_scheduler,
+        }),
+        4 => Optimizer::Adam(Adam {
+            learning_rate,
+            wd,
+            rescale_grad,
+            clip_gradient,
+            lr_scheduler,
+            beta1: beta,
+            epsilon: eps,
+            lazy_update: flag,
+            ..Adam::default()
+        }),
+        5 => Optimizer::AdaGrad(AdaGrad {
+            learning_rate,
+            wd,
+            rescale_grad,
+            clip_gradient,
+            lr_scheduler,
+            eps,
+        }),
+        6 => Optimizer::RmsProp(RmsProp {
+            learning_rate,
+            wd,
+            rescale_grad,
+            clip_gradient,
+            lr_scheduler,
+            gamma1: beta,
+            epsilon: eps,
+            centered: flag,
+            clip_weights: flag.then_some(1.0),
+            ..RmsProp::default()
+        }),
+        _ => Optimizer::Ftrl(Ftrl {
+            learning_rate,
+            wd,
+            rescale_grad,
+            clip_gradient,
+            lr_scheduler,
+            lamda1: eps,
+            beta,
+        }),
     })
 }
 
@@ -769,7 +860,7 @@ fn crafted_states(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         ]));
     }
     let optimizer = if u.arbitrary()? {
-        serde_json::to_value(Optimizer::Sgd(sgd(u)?)).unwrap_or_default()
+        serde_json::to_value(optimizer(u)?).unwrap_or_default()
     } else {
         serde_json::Value::Null
     };

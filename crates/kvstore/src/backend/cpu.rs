@@ -2,7 +2,9 @@
 //! bit-exact with the spec; other dtypes and rare mixes go to the spec's reference code.
 
 use super::{Backend, SpecBackend};
-use kvstore_cpu::{Codec, SgdParams};
+use kvstore_cpu::{
+    AdaGradParams, AdamParams, Codec, FtrlParams, NagParams, RmsPropParams, RmsPropState, SgdParams,
+};
 use kvstore_spec::codec::Compression;
 use kvstore_spec::optimizer::{Optimizer, State};
 use kvstore_spec::updater::UpdateError;
@@ -279,48 +281,168 @@ impl Backend for CpuBackend {
         merged: &Value,
         stored: &mut Value,
     ) -> std::result::Result<(), UpdateError> {
-        let Optimizer::Sgd(sgd) = optimizer;
-        let params = SgdParams::from(sgd);
-        let Value::Dense(weight) = &mut *stored else {
+        // Every optimizer on f32 weights has parallel kernels; other dtypes, row_sparse
+        // weights and arguments the spec refuses go to the spec's arithmetic.
+        let Value::Dense(weight) = &*stored else {
             return SpecBackend.optimize(optimizer, state, merged, stored);
         };
         if weight.dtype() != DType::F32 || merged.dtype() != DType::F32 {
             return SpecBackend.optimize(optimizer, state, merged, stored);
         }
-        let shape = weight.shape().to_vec();
-        if let Some(Some(m)) = state.as_ref() {
-            if m.shape() != shape.as_slice() || m.dtype() != DType::F32 {
-                // The spec reports the mismatch (or handles the odd dtype) without changing anything.
-                return SpecBackend.optimize(optimizer, state, merged, stored);
+        let sparse = matches!(merged, Value::RowSparse(_));
+        let fits = merged.shape() == weight.shape()
+            && optimizer.check_gradient(sparse).is_ok()
+            && state.as_ref().is_none_or(|current| {
+                optimizer
+                    .check_state(current, weight.shape(), DType::F32)
+                    .is_ok()
+            });
+        if !fits {
+            // The spec reports the problem without changing anything.
+            return SpecBackend.optimize(optimizer, state, merged, stored);
+        }
+        let device = weight.device();
+        // The key's first update starts from zero state buffers; later ones update the state
+        // in place (no copy of the buffers).
+        let previous = state.as_ref().map(|s| s.updates);
+        let mut next = match state.take() {
+            Some(current) => current,
+            None => optimizer.state_for(None, stored)?,
+        };
+        if let Some(updates) = previous {
+            next.updates = updates.saturating_add(1);
+        }
+        let lr = optimizer.step_lr(next.updates);
+        if let Err(e) = step(optimizer, lr, &mut next.slots, merged, stored) {
+            // The kernels check lengths before writing anything: put the state back as it was.
+            if let Some(updates) = previous {
+                next.updates = updates;
+                *state = Some(next);
+            }
+            return Err(UpdateError(e));
+        }
+        // States follow their weight's device, as the spec's do.
+        next.slots = next.slots.into_iter().map(|t| t.on(device)).collect();
+        *state = Some(next);
+        Ok(())
+    }
+}
+
+/// The gradient as the kernels take it.
+enum Grad<'a> {
+    Dense(&'a [f32]),
+    Rows {
+        row_len: usize,
+        ids: &'a [i64],
+        rows: &'a [f32],
+    },
+}
+
+/// The f32 buffers of exactly `K` state tensors.
+fn f32_slots<const K: usize>(slots: &mut [Tensor]) -> Option<[&mut [f32]; K]> {
+    let slots: &mut [Tensor; K] = slots.try_into().ok()?;
+    let buffers = slots.each_mut().map(Tensor::f32_mut);
+    if buffers.iter().any(Option::is_none) {
+        return None;
+    }
+    Some(buffers.map(Option::unwrap_or_default))
+}
+
+/// The momentum buffer, if the state keeps one.
+fn momentum(slots: &mut [Tensor]) -> Option<Option<&mut [f32]>> {
+    if slots.is_empty() {
+        return Some(None);
+    }
+    f32_slots::<1>(slots).map(|[m]| Some(m))
+}
+
+/// One update of the f32 dense weight `stored` by the optimizer's kernel, with step size `lr`.
+fn step(
+    optimizer: &Optimizer,
+    lr: f64,
+    slots: &mut [Tensor],
+    merged: &Value,
+    stored: &mut Value,
+) -> std::result::Result<(), String> {
+    let lost = || "an f32 dense weight, gradient or state lost its type".to_string();
+    let Value::Dense(weight) = stored else {
+        return Err(lost());
+    };
+    let w = weight.f32_mut().ok_or_else(lost)?;
+    let grad = match merged {
+        Value::Dense(g) => Grad::Dense(g.f32s().ok_or_else(lost)?),
+        Value::RowSparse(g) => Grad::Rows {
+            row_len: g.row_len(),
+            ids: g.ids(),
+            rows: g.f32s().ok_or_else(lost)?,
+        },
+    };
+    let stepped = match optimizer {
+        Optimizer::Sgd(p) => {
+            let p = SgdParams::with_lr(p, lr);
+            let m = momentum(slots).ok_or_else(lost)?;
+            match grad {
+                Grad::Dense(g) => kvstore_cpu::sgd_dense(&p, w, g, m),
+                Grad::Rows { row_len, ids, rows } => {
+                    kvstore_cpu::sgd_rows(&p, w, row_len, ids, rows, m)
+                }
             }
         }
-        // The key's first update creates its state: a zero momentum buffer when it has one.
-        if state.is_none() {
-            let momentum = (sgd.momentum != 0.0)
-                .then(|| Tensor::zeros(shape.clone(), DType::F32))
-                .transpose()
-                .map_err(|e| UpdateError(e.to_string()))?;
-            *state = Some(momentum);
-        }
-        let momentum = match state {
-            Some(Some(m)) => m.f32_mut(),
-            _ => None,
-        };
-        let Some(w) = weight.f32_mut() else {
-            return Err(UpdateError("an f32 weight lost its dtype".into()));
-        };
-        let stepped = match merged {
-            Value::Dense(g) => match g.f32s() {
-                Some(g) => kvstore_cpu::sgd_dense(&params, w, g, momentum),
-                None => return Err(UpdateError("an f32 gradient lost its dtype".into())),
-            },
-            Value::RowSparse(g) => match g.f32s() {
-                Some(rows) => {
-                    kvstore_cpu::sgd_rows(&params, w, g.row_len(), g.ids(), rows, momentum)
+        Optimizer::Nag(p) => {
+            let p = NagParams::with_lr(p, lr);
+            let m = momentum(slots).ok_or_else(lost)?;
+            match grad {
+                Grad::Dense(g) => kvstore_cpu::nag_dense(&p, w, g, m),
+                Grad::Rows { row_len, ids, rows } => {
+                    kvstore_cpu::nag_rows(&p, w, row_len, ids, rows, m)
                 }
-                None => return Err(UpdateError("an f32 gradient lost its dtype".into())),
-            },
-        };
-        stepped.map_err(|e| UpdateError(e.to_string()))
-    }
+            }
+        }
+        Optimizer::Adam(p) => {
+            let p = AdamParams::with_lr(p, lr);
+            let [mean, var] = f32_slots(slots).ok_or_else(lost)?;
+            match grad {
+                Grad::Dense(g) => kvstore_cpu::adam_dense(&p, w, g, mean, var),
+                Grad::Rows { row_len, ids, rows } => {
+                    kvstore_cpu::adam_rows(&p, w, row_len, ids, rows, mean, var)
+                }
+            }
+        }
+        Optimizer::AdaGrad(p) => {
+            let p = AdaGradParams::with_lr(p, lr);
+            let [history] = f32_slots(slots).ok_or_else(lost)?;
+            match grad {
+                Grad::Dense(g) => kvstore_cpu::adagrad_dense(&p, w, g, history),
+                Grad::Rows { row_len, ids, rows } => {
+                    kvstore_cpu::adagrad_rows(&p, w, row_len, ids, rows, history)
+                }
+            }
+        }
+        Optimizer::RmsProp(p) => {
+            let p = RmsPropParams::with_lr(p, lr);
+            // The spec picks the centered formula by the state's three tensors, as here.
+            let state = match slots.len() {
+                1 => f32_slots(slots).map(|[n]| RmsPropState::Plain { n }),
+                _ => f32_slots(slots).map(|[n, g, delta]| RmsPropState::Centered { n, g, delta }),
+            }
+            .ok_or_else(lost)?;
+            match grad {
+                Grad::Dense(g) => kvstore_cpu::rmsprop_dense(&p, w, g, state),
+                Grad::Rows { row_len, ids, rows } => {
+                    kvstore_cpu::rmsprop_rows(&p, w, row_len, ids, rows, state)
+                }
+            }
+        }
+        Optimizer::Ftrl(p) => {
+            let p = FtrlParams::with_lr(p, lr);
+            let [z, n] = f32_slots(slots).ok_or_else(lost)?;
+            match grad {
+                Grad::Dense(g) => kvstore_cpu::ftrl_dense(&p, w, g, z, n),
+                Grad::Rows { row_len, ids, rows } => {
+                    kvstore_cpu::ftrl_rows(&p, w, row_len, ids, rows, z, n)
+                }
+            }
+        }
+    };
+    stepped.map_err(|e| e.to_string())
 }

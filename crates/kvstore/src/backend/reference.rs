@@ -72,6 +72,9 @@ impl Backend for SpecBackend {
         merged: &Value,
         stored: &mut Value,
     ) -> std::result::Result<(), UpdateError> {
-        optimizer.update(state, merged, stored)
+        let mut next = optimizer.state_for(state.as_ref(), stored)?;
+        optimizer.update(&mut next, merged, stored)?;
+        *state = Some(next);
+        Ok(())
     }
 }

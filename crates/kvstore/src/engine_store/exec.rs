@@ -81,12 +81,23 @@ impl<B: Backend> Exec<B> {
         match &plan.updater {
             Some(UpdaterRef::Custom(updater)) => self.push_custom(plan, updater),
             Some(UpdaterRef::Optimizer(optimizer)) => {
-                // Nothing below fails once every key's state fits its weight, so a multi-key
-                // push is all or nothing.
+                // Nothing below fails once every key's state fits its weight and the optimizer
+                // takes the merged gradient's storage type, so a multi-key push is all or
+                // nothing.
                 for group in &plan.groups {
                     let data = group.slot.data();
-                    optimizer
-                        .check_state(&data.state, &group.slot.shape)
+                    let sparse = group
+                        .inputs
+                        .as_slice()
+                        .iter()
+                        .all(|input| matches!(*input.snapshot(), Value::RowSparse(_)));
+                    let fits = match &data.state {
+                        Some(state) => {
+                            optimizer.check_state(state, &group.slot.shape, data.value.dtype())
+                        }
+                        None => Ok(()),
+                    };
+                    fits.and_then(|()| optimizer.check_gradient(sparse))
                         .map_err(|e| updater_error(&group.slot.key, e.0))?;
                 }
                 for group in &plan.groups {

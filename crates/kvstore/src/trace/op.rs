@@ -2,7 +2,7 @@
 
 use super::tensor;
 use crate::normalize::{Item, Keys, Values};
-use kvstore_spec::optimizer::{Optimizer, Sgd};
+use kvstore_spec::optimizer::Optimizer;
 use kvstore_spec::{Key, Value};
 use serde_json::{json, Map, Value as Json};
 
@@ -299,21 +299,13 @@ fn params(json: &Json) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// `set_optimizer`'s object: the spec's serde form (R70), every parameter but `name` optional
+/// with MXNet's defaults, unknown fields refused.
 fn optimizer(json: &Json) -> Result<Optimizer, String> {
-    let obj = json.as_object().ok_or("\"optimizer\" must be an object")?;
-    match required_str(obj, "name")? {
-        "sgd" => {
-            let d = Sgd::default();
-            Ok(Optimizer::Sgd(Sgd {
-                learning_rate: optional_f32(obj, "learning_rate")?.unwrap_or(d.learning_rate),
-                momentum: optional_f32(obj, "momentum")?.unwrap_or(d.momentum),
-                wd: optional_f32(obj, "wd")?.unwrap_or(d.wd),
-                rescale_grad: optional_f32(obj, "rescale_grad")?.unwrap_or(d.rescale_grad),
-                clip_gradient: optional_f32(obj, "clip_gradient")?,
-            }))
-        }
-        other => Err(format!("unknown optimizer {other:?}")),
+    if !json.is_object() {
+        return Err("\"optimizer\" must be an object".into());
     }
+    serde_json::from_value(json.clone()).map_err(|e| format!("bad \"optimizer\": {e}"))
 }
 
 fn updater(obj: &Fields) -> Result<UpdaterSpec, String> {
@@ -409,14 +401,9 @@ pub fn write(op: &Op) -> Json {
         }
         Op::SetOptimizer { optimizer } => {
             put("op", json!("set_optimizer"));
-            let Optimizer::Sgd(p) = optimizer;
-            put(
-                "optimizer",
-                json!({"name": "sgd", "learning_rate": f32_json(p.learning_rate),
-                       "momentum": f32_json(p.momentum), "wd": f32_json(p.wd),
-                       "rescale_grad": f32_json(p.rescale_grad),
-                       "clip_gradient": p.clip_gradient.map(f32_json)}),
-            );
+            // Serialising the spec's optimizer cannot fail (non-finite numbers are text).
+            let json = serde_json::to_value(optimizer).unwrap_or_else(|e| json!(e.to_string()));
+            put("optimizer", json);
         }
         Op::SetUpdater { updater } => {
             put("op", json!("set_updater"));
