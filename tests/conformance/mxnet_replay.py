@@ -248,18 +248,126 @@ def read_params(x):
     return x
 
 
-SGD_FIELDS = ("learning_rate", "momentum", "wd", "rescale_grad", "clip_gradient")
+# The optimizer object of `set_optimizer` (docs/trace-format.md), as kvstore reads it with serde:
+# per optimizer, its own fields and their kinds; every optimizer also takes COMMON_FIELDS.
+# "number" is a JSON number or "nan", "inf", "-inf"; "number?" and "scheduler" may also be null
+# (no clipping, no schedule), other fields may not. "int" is a non-negative 64-bit int. A field
+# the trace leaves out (or sets to null) is not passed, so MXNet uses its default, as kvstore does.
+COMMON_FIELDS = {"learning_rate": "number", "wd": "number", "rescale_grad": "number",
+                 "clip_gradient": "number?", "lr_scheduler": "scheduler"}
+OPTIMIZERS = {
+    "sgd": {"momentum": "number"},
+    "nag": {"momentum": "number"},
+    "adam": {"beta1": "number", "beta2": "number", "epsilon": "number", "lazy_update": "bool"},
+    "adagrad": {"eps": "number"},
+    "rmsprop": {"gamma1": "number", "gamma2": "number", "epsilon": "number", "centered": "bool",
+                "clip_weights": "number?"},
+    "ftrl": {"lamda1": "number", "beta": "number"},
+}
+# MXNet's default learning rate of each optimizer: the base lr of a schedule when the trace gives
+# none (kvstore's decision: the optimizer's learning_rate is the schedule's base lr).
+DEFAULT_LR = {"sgd": 0.01, "nag": 0.01, "adam": 0.001, "adagrad": 0.01, "rmsprop": 0.001, "ftrl": 0.1}
+SCHEDULERS = {
+    "factor": {"step": "int", "factor": "number", "stop_factor_lr": "number",
+               "warmup_steps": "int", "warmup_begin_lr": "number", "warmup_mode": "mode"},
+    "multi_factor": {"steps": "ints", "factor": "number",
+                     "warmup_steps": "int", "warmup_begin_lr": "number", "warmup_mode": "mode"},
+}
+
+
+def number_field(obj, name):
+    v = obj[name]
+    if v in ("nan", "inf", "-inf"):
+        return float(v)
+    if not is_number(v):
+        raise BadInput(f'"{name}" must be a number, got {json.dumps(v)}')
+    return float(v)
+
+
+def read_fields(obj, kinds, what):
+    """The fields of obj, read by kind (null ones left out where null is allowed); an unknown
+    field is an error."""
+    for k in obj:
+        if k not in kinds:
+            raise BadInput(f"unknown field {json.dumps(k)} of {what}")
+    out = {}
+    for name, kind in kinds.items():
+        if name not in obj:
+            continue
+        v = obj[name]
+        if v is None:
+            if kind in ("number?", "scheduler"):
+                continue
+            raise BadInput(f'"{name}" must not be null')
+        if kind in ("number", "number?"):
+            out[name] = number_field(obj, name)
+        elif kind == "bool":
+            out[name] = optional_bool(obj, name, False)
+        elif kind in ("int", "ints"):
+            items = v if kind == "ints" else [v]
+            if not isinstance(items, list) or not all(is_int(i) and 0 <= i < 2**64 for i in items):
+                expected = "a list of non-negative ints" if kind == "ints" else "a non-negative int"
+                raise BadInput(f'"{name}" must be {expected}, got {json.dumps(v)}')
+            out[name] = [int(i) for i in items] if kind == "ints" else int(v)
+        elif kind == "mode":
+            if v not in ("linear", "constant"):
+                raise BadInput(f'"{name}" must be "linear" or "constant", got {json.dumps(v)}')
+            out[name] = v
+        elif kind == "scheduler":
+            out[name] = read_scheduler(v)
+        else:
+            raise AssertionError(kind)
+    return out
+
+
+def read_scheduler(x):
+    if not isinstance(x, dict):
+        raise BadInput('"lr_scheduler" must be an object or null')
+    kind = optional_str(x, "type")
+    if kind is None:
+        raise BadInput('"lr_scheduler" needs a "type"')
+    if kind not in SCHEDULERS:
+        raise BadInput(f"unknown lr_scheduler type {json.dumps(kind)}")
+    fields = {k: v for k, v in x.items() if k != "type"}
+    required = "step" if kind == "factor" else "steps"
+    if required not in fields:
+        raise BadInput(f'a {kind} lr_scheduler needs "{required}"')
+    return {"type": kind, "params": read_fields(fields, SCHEDULERS[kind], f"a {kind} lr_scheduler")}
 
 
 def read_optimizer(x):
+    """{"name", "params": the MXNet keyword arguments the trace gives, "lr_scheduler": or None}."""
     if not isinstance(x, dict):
         raise BadInput('"optimizer" must be an object')
     name = optional_str(x, "name")
     if name is None:
         raise BadInput('missing "name"')
-    if name != "sgd":
+    if name not in OPTIMIZERS:
         raise BadInput(f"unknown optimizer {json.dumps(name)}")
-    return {f: optional_number(x, f) for f in SGD_FIELDS if x.get(f) is not None}
+    fields = {k: v for k, v in x.items() if k != "name"}
+    params = read_fields(fields, {**COMMON_FIELDS, **OPTIMIZERS[name]}, f"optimizer {name}")
+    scheduler = params.pop("lr_scheduler", None)
+    return {"name": name, "params": params, "lr_scheduler": scheduler}
+
+
+def make_optimizer(mx, spec):
+    """The mx.optimizer object of a trace's optimizer: only the fields the trace gives (MXNet's
+    defaults for the rest); a schedule gets base_lr = the optimizer's learning rate."""
+    classes = {"sgd": mx.optimizer.SGD, "nag": mx.optimizer.NAG, "adam": mx.optimizer.Adam,
+               "adagrad": mx.optimizer.AdaGrad, "rmsprop": mx.optimizer.RMSProp,
+               "ftrl": mx.optimizer.Ftrl}
+    params = dict(spec["params"])
+    sched = spec["lr_scheduler"]
+    if sched is not None:
+        lr = params.get("learning_rate", DEFAULT_LR[spec["name"]])
+        params["learning_rate"] = lr  # equal to base_lr: MXNet prints no "overwritten" warning
+        cls = {"factor": mx.lr_scheduler.FactorScheduler,
+               "multi_factor": mx.lr_scheduler.MultiFactorScheduler}[sched["type"]]
+        sp = dict(sched["params"])
+        if "steps" in sp:
+            sp["step"] = sp.pop("steps")
+        params["lr_scheduler"] = cls(base_lr=lr, **sp)
+    return classes[spec["name"]](**params)
 
 
 def read_op(line):
@@ -687,7 +795,7 @@ class Replay:
             kv.set_gradient_compression(dict(op["params"]))  # MXNet itself passes str(v) of each value
             return None
         if name == "set_optimizer":
-            kv.set_optimizer(mx.optimizer.SGD(**op["optimizer"]))
+            kv.set_optimizer(make_optimizer(mx, op["optimizer"]))
             return None
         if name == "set_updater":
             if op["name"] == "custom":
@@ -770,9 +878,27 @@ def op_specs(op):
 
 def run_trace(mx, ops, emit, device_names):
     replay = Replay(mx, device_names)
-    for line, op in ops:
-        result = replay.run(op)
-        emit(dumps(replay.output_line(line, result, op_specs(op))))
+    # MXNet calls the optimizer's updater from C through ctypes, which prints an exception raised
+    # in it ("Exception ignored on calling ctypes callback function") and swallows it: the push
+    # returns normally (semantics.md 3.4). The hook catches such exceptions, and the op's line
+    # gets a field "updater_error" (the first one, "Class: message"); the line stays what MXNet
+    # made of the call.
+    swallowed = []
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = swallowed.append
+    try:
+        for line, op in ops:
+            del swallowed[:]
+            result = replay.run(op)
+            out = replay.output_line(line, result, op_specs(op))
+            if swallowed and "error" not in out:
+                e = swallowed[0]
+                name = e.exc_type.__name__ if e.exc_type is not None else "Exception"
+                out["updater_error"] = f"{name}: {error_message(e.exc_value)}"
+            del swallowed[:]
+            emit(dumps(out))
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 # ------------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = DemoConfig::default().optimizer)]
     pub optimizer: OptimizerChoice,
     /// Learning rate (the gradient is the mean over the global batch); default: sgd and nag
-    /// 0.5, adam 0.05, adagrad 0.5, rmsprop 0.01, ftrl 0.5.
+    /// 0.5, adam 0.05, adagrad 0.5, rmsprop 0.02, ftrl 0.5.
     #[arg(long)]
     pub learning_rate: Option<f64>,
     /// Momentum of sgd and nag.

@@ -100,7 +100,7 @@ impl OptimizerChoice {
             OptimizerChoice::Sgd | OptimizerChoice::Nag => 0.5,
             OptimizerChoice::Adam => 0.05,
             OptimizerChoice::AdaGrad => 0.5,
-            OptimizerChoice::RmsProp => 0.01,
+            OptimizerChoice::RmsProp => 0.02,
             OptimizerChoice::Ftrl => 0.5,
         }
     }

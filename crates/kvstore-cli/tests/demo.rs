@@ -64,6 +64,24 @@ fn demo_reaches_95_percent_with_1bit_compression() {
 }
 
 #[test]
+fn demo_trains_with_every_optimizer_picked_by_flag() {
+    for name in ["sgd", "nag", "adam", "adagrad", "rmsprop", "ftrl"] {
+        let cli = Cli::try_parse_from(["kvstore", "demo", "--optimizer", name, "--epochs", "10"])
+            .expect("the flag parses");
+        let kvstore_cli::Command::Demo(args) = cli.command else {
+            panic!("not the demo command");
+        };
+        let config = args.into_config(false);
+        assert_eq!(config.optimizer.name(), name);
+        let (report, out) = run(&config);
+        assert!(report.target_reached, "{name}: {out}");
+        let header = out.lines().nth(1).expect("a header line");
+        assert!(header.contains(&format!(", {name} lr ")), "{header}");
+    }
+    assert!(Cli::try_parse_from(["kvstore", "demo", "--optimizer", "lamb"]).is_err());
+}
+
+#[test]
 fn demo_is_deterministic_per_seed() {
     let config = DemoConfig {
         epochs: 2,

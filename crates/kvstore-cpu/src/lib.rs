@@ -10,6 +10,11 @@
 //! | [`quantize_sum_into`] | quantise and decode each value, then [`kvstore_spec::reduce::sum`] (R42) |
 //! | [`gather_rows`], [`gather_sparse_rows`] | [`kvstore_spec::sparse::retain`] (R31) |
 //! | [`sgd_dense`], [`sgd_rows`] | the SGD step of [`kvstore_spec::optimizer::OptimizerUpdater`] (R46) |
+//! | [`nag_dense`], [`nag_rows`] | the NAG step of [`kvstore_spec::optimizer::OptimizerUpdater`] (R72) |
+//! | [`adam_dense`], [`adam_rows`] | the Adam step of [`kvstore_spec::optimizer::OptimizerUpdater`], lazy or not (R73) |
+//! | [`adagrad_dense`], [`adagrad_rows`] | the AdaGrad step of [`kvstore_spec::optimizer::OptimizerUpdater`] (R74) |
+//! | [`rmsprop_dense`], [`rmsprop_rows`] | the RMSProp step of [`kvstore_spec::optimizer::OptimizerUpdater`], plain or centered (R75) |
+//! | [`ftrl_dense`], [`ftrl_rows`] | the FTRL step of [`kvstore_spec::optimizer::OptimizerUpdater`] (R76) |
 //!
 //! # Why the results never depend on threads
 //!
@@ -18,7 +23,8 @@
 //! are at least `2 * 24 + 2`, so the double rounding is innocuous). Each kernel therefore runs
 //! plain `f32` operations in **exactly the specification's order, per element**, and no element's
 //! result depends on any other element. Multiply-adds are never contracted into FMAs (Rust does
-//! not do that, and this crate never calls `mul_add`).
+//! not do that, and this crate never calls `mul_add`). A division or square root of `f32`
+//! operands is correctly rounded too, so the same holds for the optimizers that use them.
 //!
 //! Large inputs are split into chunks that run on the current rayon pool (see [`par`]); since
 //! every element goes through the same fixed sequence of operations whichever chunk it lands in,
@@ -35,8 +41,10 @@
 //! they copy. When *two* NaNs meet in one operation, Rust does not specify which payload
 //! comes out, and in practice it depends on code generation (LLVM may commute an `fadd`; the
 //! specification's scalar `f64` code and a vectorised kernel can pick different operands), so
-//! no kernel can promise those bits. [`sgd_rows`] also leaves signalling NaNs of rows it does
-//! not update as they are (see its documentation).
+//! no kernel can promise those bits. [`sgd_rows`] and the other lazy row kernels
+//! ([`nag_rows`] without momentum, [`adam_rows`] with `lazy_update`, [`adagrad_rows`]) also
+//! leave signalling NaNs of rows they
+//! do not update as they are (see their documentation).
 //!
 //! # Memory
 //!
@@ -44,14 +52,25 @@
 //! [`sparse_sum_into`] are cleared and refilled, reusing their capacity).
 #![forbid(unsafe_code)]
 
+pub mod adagrad;
+pub mod adam;
 pub mod codec;
+mod elementwise;
+pub mod ftrl;
+pub mod nag;
 pub mod par;
 pub mod reduce;
+pub mod rmsprop;
 pub mod rows;
 pub mod sgd;
 
+pub use adagrad::{adagrad_dense, adagrad_rows, AdaGradParams};
+pub use adam::{adam_dense, adam_rows, AdamParams};
 pub use codec::{dequantize, quantize, quantize_sum_into, Codec};
+pub use ftrl::{ftrl_dense, ftrl_rows, FtrlParams};
+pub use nag::{nag_dense, nag_rows, NagParams};
 pub use reduce::{add_assign, sum_into};
+pub use rmsprop::{rmsprop_dense, rmsprop_rows, RmsPropParams, RmsPropState};
 pub use rows::{gather_rows, gather_sparse_rows, scatter_add, sorted_unique_ids, sparse_sum_into};
 pub use sgd::{sgd_dense, sgd_rows, SgdParams};
 

@@ -10,7 +10,7 @@
 //! Every operation is one `f32` operation, in this order, as the specification's `f64`
 //! computation rounded after each operation gives.
 
-use kvstore_spec::optimizer::Sgd;
+use kvstore_spec::optimizer::{kernel_param, Sgd};
 use rayon::prelude::*;
 
 use crate::par;
@@ -37,14 +37,14 @@ pub struct SgdParams {
 
 impl SgdParams {
     /// The kernel parameters of `p` for an update whose scheduled learning rate is `lr`: each
-    /// rounded to `f32`, as MXNet's `float` kernel parameters are.
+    /// the `float` MXNet's kernels receive ([`kernel_param`]).
     pub fn with_lr(p: &Sgd, lr: f64) -> Self {
         SgdParams {
-            learning_rate: lr as f32,
-            momentum: p.momentum as f32,
-            wd: p.wd as f32,
-            rescale_grad: p.rescale_grad as f32,
-            clip_gradient: p.clip_gradient.map(|c| c as f32),
+            learning_rate: kernel_param(lr),
+            momentum: kernel_param(p.momentum),
+            wd: kernel_param(p.wd),
+            rescale_grad: kernel_param(p.rescale_grad),
+            clip_gradient: p.clip_gradient.map(kernel_param),
         }
     }
 }

@@ -5,11 +5,16 @@
 
 use kvstore_cpu::par::PARALLEL_THRESHOLD;
 use kvstore_cpu::{
-    add_assign, dequantize, gather_rows, gather_sparse_rows, quantize, quantize_sum_into,
-    scatter_add, sgd_dense, sgd_rows, sparse_sum_into, sum_into, Codec, KernelError, SgdParams,
+    adagrad_dense, adagrad_rows, adam_dense, adam_rows, add_assign, dequantize, ftrl_dense,
+    ftrl_rows, gather_rows, gather_sparse_rows, nag_dense, nag_rows, quantize, quantize_sum_into,
+    rmsprop_dense, rmsprop_rows, scatter_add, sgd_dense, sgd_rows, sparse_sum_into, sum_into,
+    AdaGradParams, AdamParams, Codec, FtrlParams, KernelError, NagParams, RmsPropParams,
+    RmsPropState, SgdParams,
 };
 use kvstore_spec::codec::{Compression, CompressionType};
-use kvstore_spec::optimizer::{Optimizer, OptimizerUpdater, Sgd};
+use kvstore_spec::optimizer::{
+    AdaGrad, Adam, Ftrl, LrScheduler, Nag, Optimizer, OptimizerUpdater, RmsProp, Sgd, WarmupMode,
+};
 use kvstore_spec::updater::Updater;
 use kvstore_spec::{reduce, sparse, DType, Data, Key, RowSparse, Tensor, Value};
 use proptest::prelude::*;
@@ -899,4 +904,501 @@ proptest! {
         let kernel = kvstore_cpu::sorted_unique_ids(&ids, rows);
         prop_assert_eq!(spec.is_ok(), kernel.is_ok());
     }
+}
+
+// ---------------------------------------------------------------- the other optimizers (R72-R76)
+
+/// A gradient of one step: dense, or the listed rows of a row_sparse one.
+#[derive(Debug, Clone)]
+enum Grad {
+    Dense(Vec<f32>),
+    Rows(Vec<i64>, Vec<f32>),
+}
+
+/// One kernel update: step size (the spec's `step_lr` of the update), weight, row length,
+/// gradient, state buffers in the spec's slot order.
+type KernelStep<'a> = &'a dyn Fn(f64, &mut [f32], usize, &Grad, &mut [Vec<f32>]) -> KernelResult;
+type KernelResult = Result<(), KernelError>;
+
+/// Steps a spec updater and a kernel with the same gradients, comparing the weight and every
+/// state buffer after each step (R60: NaNs equal NaNs). A lazy row_sparse update must leave
+/// the rows it does not list bit for bit as they were (the spec's rebuild through `f64`
+/// quiets their signalling NaNs, which the NaN-tolerant comparison allows).
+fn check_optimizer(
+    opt: &Optimizer,
+    rows: usize,
+    row_len: usize,
+    weight: &[f32],
+    grads: &[Grad],
+    kernel: KernelStep<'_>,
+) -> Result<(), TestCaseError> {
+    let lazy = match opt {
+        Optimizer::Nag(p) => p.momentum == 0.0,
+        Optimizer::Adam(p) => p.lazy_update,
+        Optimizer::AdaGrad(_) => true,
+        _ => false,
+    };
+    let key = Key::Int(7);
+    let mut updater = OptimizerUpdater::new(opt.clone()).unwrap();
+    let mut stored = dense_rows(rows, row_len, weight);
+    let mut w = weight.to_vec();
+    let mut slots = vec![vec![0.0f32; w.len()]; opt.slot_count()];
+    for (t, grad) in grads.iter().enumerate() {
+        let (before, before_slots) = (w.clone(), slots.clone());
+        let merged = match grad {
+            Grad::Dense(g) => dense_rows(rows, row_len, g),
+            Grad::Rows(ids, g) => row_sparse(rows, row_len, ids, g),
+        };
+        updater.update(&key, &merged, &mut stored).unwrap();
+        let updates = t as u64 + 1;
+        kernel(opt.step_lr(updates), &mut w, row_len, grad, &mut slots).unwrap();
+        same_bits(
+            &format!("weight after step {updates}"),
+            &w,
+            &f32s(stored.to_dense().data()),
+        )?;
+        let state = updater.states().get(&key).unwrap();
+        prop_assert_eq!(state.updates, updates);
+        prop_assert_eq!(state.slots.len(), slots.len());
+        for (i, (mine, spec)) in slots.iter().zip(&state.slots).enumerate() {
+            same_bits(
+                &format!("state {i} after step {updates}"),
+                mine,
+                &f32s(spec.data()),
+            )?;
+        }
+        if let (true, Grad::Rows(ids, _)) = (lazy, grad) {
+            for r in (0..rows as i64).filter(|r| ids.binary_search(r).is_err()) {
+                let span = r as usize * row_len..(r as usize + 1) * row_len;
+                prop_assert_eq!(bits(&w[span.clone()]), bits(&before[span.clone()]));
+                for (s, b) in slots.iter().zip(&before_slots) {
+                    prop_assert_eq!(bits(&s[span.clone()]), bits(&b[span.clone()]));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn one_slot(slots: &mut [Vec<f32>]) -> Option<&mut [f32]> {
+    slots.first_mut().map(Vec::as_mut_slice)
+}
+
+fn two_slots(slots: &mut [Vec<f32>]) -> (&mut [f32], &mut [f32]) {
+    match slots {
+        [a, b] => (a, b),
+        _ => panic!("{} state buffers, expected 2", slots.len()),
+    }
+}
+
+fn nag_kernel(
+    p: &Nag,
+) -> impl Fn(f64, &mut [f32], usize, &Grad, &mut [Vec<f32>]) -> KernelResult + '_ {
+    move |lr, w, row_len, grad, slots| {
+        let params = NagParams::with_lr(p, lr);
+        let m = one_slot(slots);
+        match grad {
+            Grad::Dense(g) => nag_dense(&params, w, g, m),
+            Grad::Rows(ids, g) => nag_rows(&params, w, row_len, ids, g, m),
+        }
+    }
+}
+
+fn adam_kernel(
+    p: &Adam,
+) -> impl Fn(f64, &mut [f32], usize, &Grad, &mut [Vec<f32>]) -> KernelResult + '_ {
+    move |lr, w, row_len, grad, slots| {
+        let params = AdamParams::with_lr(p, lr);
+        let (mean, var) = two_slots(slots);
+        match grad {
+            Grad::Dense(g) => adam_dense(&params, w, g, mean, var),
+            Grad::Rows(ids, g) => adam_rows(&params, w, row_len, ids, g, mean, var),
+        }
+    }
+}
+
+fn adagrad_kernel(
+    p: &AdaGrad,
+) -> impl Fn(f64, &mut [f32], usize, &Grad, &mut [Vec<f32>]) -> KernelResult + '_ {
+    move |lr, w, row_len, grad, slots| {
+        let h = one_slot(slots).unwrap();
+        match grad {
+            Grad::Dense(g) => adagrad_dense(&AdaGradParams::dense_with_lr(p, lr), w, g, h),
+            Grad::Rows(ids, g) => {
+                adagrad_rows(&AdaGradParams::with_lr(p, lr), w, row_len, ids, g, h)
+            }
+        }
+    }
+}
+
+fn rmsprop_kernel(
+    p: &RmsProp,
+) -> impl Fn(f64, &mut [f32], usize, &Grad, &mut [Vec<f32>]) -> KernelResult + '_ {
+    move |lr, w, row_len, grad, slots| {
+        let params = RmsPropParams::with_lr(p, lr);
+        let state = match slots {
+            [n] => RmsPropState::Plain { n },
+            [n, g, delta] => RmsPropState::Centered { n, g, delta },
+            _ => panic!("{} RMSProp state buffers", slots.len()),
+        };
+        match grad {
+            Grad::Dense(g) => rmsprop_dense(&params, w, g, state),
+            Grad::Rows(ids, g) => rmsprop_rows(&params, w, row_len, ids, g, state),
+        }
+    }
+}
+
+fn ftrl_kernel(
+    p: &Ftrl,
+) -> impl Fn(f64, &mut [f32], usize, &Grad, &mut [Vec<f32>]) -> KernelResult + '_ {
+    move |lr, w, row_len, grad, slots| {
+        let params = FtrlParams::with_lr(p, lr);
+        let (z, n) = two_slots(slots);
+        match grad {
+            Grad::Dense(g) => ftrl_dense(&params, w, g, z, n),
+            Grad::Rows(ids, g) => ftrl_rows(&params, w, row_len, ids, g, z, n),
+        }
+    }
+}
+
+/// Runs the optimizer's kernel against the spec.
+fn check_any(
+    opt: &Optimizer,
+    rows: usize,
+    row_len: usize,
+    weight: &[f32],
+    grads: &[Grad],
+) -> Result<(), TestCaseError> {
+    match opt {
+        Optimizer::Sgd(_) => Err(TestCaseError::fail("SGD has its own checks")),
+        Optimizer::Nag(p) => check_optimizer(opt, rows, row_len, weight, grads, &nag_kernel(p)),
+        Optimizer::Adam(p) => check_optimizer(opt, rows, row_len, weight, grads, &adam_kernel(p)),
+        Optimizer::AdaGrad(p) => {
+            check_optimizer(opt, rows, row_len, weight, grads, &adagrad_kernel(p))
+        }
+        Optimizer::RmsProp(p) => {
+            check_optimizer(opt, rows, row_len, weight, grads, &rmsprop_kernel(p))
+        }
+        Optimizer::Ftrl(p) => check_optimizer(opt, rows, row_len, weight, grads, &ftrl_kernel(p)),
+    }
+}
+
+/// The parameters every optimizer has: (learning_rate, wd, rescale_grad, clip_gradient,
+/// lr_scheduler).
+type CommonParams = (f64, f64, f64, Option<f64>, Option<LrScheduler>);
+
+fn common(default_lr: f32) -> impl Strategy<Value = CommonParams> {
+    let lr = prop_oneof![Just(default_lr), -2.0f32..2.0, finite()];
+    let wd = prop_oneof![Just(0.0f32), 0.0f32..0.1, finite()];
+    let rescale = prop_oneof![Just(1.0f32), -4.0f32..4.0, finite()];
+    let clip = proptest::option::of(prop_oneof![
+        Just(0.0f32),
+        Just(-0.0f32),
+        0.0f32..5.0,
+        finite().prop_map(f32::abs)
+    ]);
+    let schedule = proptest::option::of((1u64..3, 0.1f64..1.0, 0u64..3));
+    (lr, wd, rescale, clip, schedule).prop_map(|(lr, wd, rescale, clip, schedule)| {
+        let lr = f64::from(lr);
+        let schedule = schedule.map(|(step, factor, warmup_steps)| LrScheduler::Factor {
+            step,
+            factor,
+            stop_factor_lr: 1e-8,
+            warmup_steps,
+            warmup_begin_lr: lr.min(0.0),
+            warmup_mode: WarmupMode::Linear,
+        });
+        (lr, wd.into(), rescale.into(), clip.map(f64::from), schedule)
+    })
+}
+
+/// A factor in `[0, 1)` most of the time, its default often, any finite value sometimes.
+fn factor(default: f32) -> impl Strategy<Value = f64> {
+    prop_oneof![3 => Just(default), 3 => 0.0f32..1.0, 1 => finite()].prop_map(f64::from)
+}
+
+/// A small positive constant (an epsilon) most of the time, any finite value sometimes.
+fn epsilon(default: f32) -> impl Strategy<Value = f64> {
+    prop_oneof![3 => Just(default), 2 => 0.0f32..1e-3, 1 => finite()].prop_map(f64::from)
+}
+
+fn nag() -> impl Strategy<Value = Optimizer> {
+    let momentum = prop_oneof![3 => Just(0.0f32), 3 => 0.0f32..1.0, 1 => finite()];
+    (common(0.01), momentum).prop_map(|((learning_rate, wd, rescale_grad, clip, s), m)| {
+        Optimizer::Nag(Nag {
+            learning_rate,
+            wd,
+            rescale_grad,
+            clip_gradient: clip,
+            lr_scheduler: s,
+            momentum: m.into(),
+        })
+    })
+}
+
+fn adam() -> impl Strategy<Value = Optimizer> {
+    (
+        common(0.001),
+        factor(0.9),
+        factor(0.999),
+        epsilon(1e-8),
+        any::<bool>(),
+    )
+        .prop_map(
+            |((learning_rate, wd, rescale_grad, clip, s), beta1, beta2, epsilon, lazy)| {
+                Optimizer::Adam(Adam {
+                    learning_rate,
+                    wd,
+                    rescale_grad,
+                    clip_gradient: clip,
+                    lr_scheduler: s,
+                    beta1,
+                    beta2,
+                    epsilon,
+                    lazy_update: lazy,
+                })
+            },
+        )
+}
+
+/// AdaGrad; `wd` is 0 when `sparse` (the spec refuses a row_sparse gradient otherwise).
+fn adagrad(sparse: bool) -> impl Strategy<Value = Optimizer> {
+    (common(0.01), epsilon(1e-7)).prop_map(
+        move |((learning_rate, wd, rescale_grad, clip, s), eps)| {
+            Optimizer::AdaGrad(AdaGrad {
+                learning_rate,
+                wd: if sparse { 0.0 } else { wd },
+                rescale_grad,
+                clip_gradient: clip,
+                lr_scheduler: s,
+                eps,
+            })
+        },
+    )
+}
+
+fn rmsprop() -> impl Strategy<Value = Optimizer> {
+    let clip_weights = proptest::option::of(prop_oneof![
+        Just(0.0f32),
+        0.0f32..5.0,
+        finite().prop_map(f32::abs)
+    ]);
+    (
+        common(0.001),
+        factor(0.9),
+        factor(0.9),
+        epsilon(1e-8),
+        any::<bool>(),
+        clip_weights,
+    )
+        .prop_map(
+            |(
+                (learning_rate, wd, rescale_grad, clip, s),
+                gamma1,
+                gamma2,
+                epsilon,
+                centered,
+                cw,
+            )| {
+                Optimizer::RmsProp(RmsProp {
+                    learning_rate,
+                    wd,
+                    rescale_grad,
+                    clip_gradient: clip,
+                    lr_scheduler: s,
+                    gamma1,
+                    gamma2,
+                    epsilon,
+                    centered,
+                    clip_weights: cw.map(f64::from),
+                })
+            },
+        )
+}
+
+fn ftrl() -> impl Strategy<Value = Optimizer> {
+    let lamda1 = prop_oneof![3 => Just(0.01f32), 2 => 0.0f32..1.0, 1 => finite()];
+    let beta = prop_oneof![3 => Just(1.0f32), 2 => 0.0f32..2.0, 1 => finite()];
+    (common(0.1), lamda1, beta).prop_map(|((learning_rate, wd, rescale_grad, clip, s), l1, b)| {
+        Optimizer::Ftrl(Ftrl {
+            learning_rate,
+            wd,
+            rescale_grad,
+            clip_gradient: clip,
+            lr_scheduler: s,
+            lamda1: l1.into(),
+            beta: b.into(),
+        })
+    })
+}
+
+/// A weight of `rows` x `row_len` and 1 to 4 steps' gradients, each dense or row_sparse
+/// (row_sparse only when `sparse`).
+type OptimizerCase = (usize, usize, Vec<f32>, Vec<Grad>);
+
+fn optimizer_case(sparse: bool) -> impl Strategy<Value = OptimizerCase> {
+    (0usize..40, 0usize..7, 1usize..5).prop_flat_map(move |(rows, row_len, steps)| {
+        let n = rows * row_len;
+        let dense = values(n).prop_map(Grad::Dense);
+        let rows_grad = sparse_value(rows, row_len).prop_map(|(ids, g)| Grad::Rows(ids, g));
+        let grad = if sparse {
+            prop_oneof![dense, rows_grad].boxed()
+        } else {
+            dense.boxed()
+        };
+        (
+            Just(rows),
+            Just(row_len),
+            values(n),
+            proptest::collection::vec(grad, steps),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn r72_nag_kernels_match_the_spec(
+        opt in nag(),
+        (rows, row_len, weight, grads) in optimizer_case(true),
+    ) {
+        check_any(&opt, rows, row_len, &weight, &grads)?;
+    }
+
+    #[test]
+    fn r73_adam_kernels_match_the_spec(
+        opt in adam(),
+        (rows, row_len, weight, grads) in optimizer_case(true),
+    ) {
+        check_any(&opt, rows, row_len, &weight, &grads)?;
+    }
+
+    #[test]
+    fn r74_adagrad_kernels_match_the_spec(
+        (opt, (rows, row_len, weight, grads)) in any::<bool>()
+            .prop_flat_map(|sparse| (adagrad(sparse), optimizer_case(sparse))),
+    ) {
+        check_any(&opt, rows, row_len, &weight, &grads)?;
+    }
+
+    #[test]
+    fn r75_rmsprop_kernels_match_the_spec(
+        opt in rmsprop(),
+        (rows, row_len, weight, grads) in optimizer_case(true),
+    ) {
+        check_any(&opt, rows, row_len, &weight, &grads)?;
+    }
+
+    #[test]
+    fn r76_ftrl_kernels_match_the_spec(
+        opt in ftrl(),
+        (rows, row_len, weight, grads) in optimizer_case(true),
+    ) {
+        check_any(&opt, rows, row_len, &weight, &grads)?;
+    }
+}
+
+/// A large dense case (one row per element) and a large row_sparse one, two steps each.
+fn check_large(opt: &Optimizer, seed: u64) -> Result<(), TestCaseError> {
+    let mut mix = Mix(seed);
+    let weight = mix.values(BIG);
+    let grads: Vec<Grad> = (0..2).map(|_| Grad::Dense(mix.values(BIG))).collect();
+    check_any(opt, BIG, 1, &weight, &grads)?;
+    if matches!(opt, Optimizer::AdaGrad(p) if p.wd != 0.0) {
+        return Ok(());
+    }
+    let (rows, row_len) = (4000, 40);
+    let weight = mix.values(rows * row_len);
+    let grads: Vec<Grad> = (0..2)
+        .map(|_| {
+            let ids = mix.ids(rows, 6);
+            let data = mix.values(ids.len() * row_len);
+            Grad::Rows(ids, data)
+        })
+        .collect();
+    check_any(opt, rows, row_len, &weight, &grads)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3, ..ProptestConfig::default() })]
+
+    #[test]
+    fn optimizer_kernels_above_parallel_threshold_match_the_spec(
+        seed in any::<u64>(),
+        opts in (nag(), adam(), adagrad(false), adagrad(true), rmsprop(), ftrl()),
+    ) {
+        let (a, b, c, d, e, f) = opts;
+        for opt in [a, b, c, d, e, f] {
+            check_large(&opt, seed)?;
+        }
+    }
+}
+
+#[test]
+fn optimizer_kernels_refuse_bad_lengths_and_write_nothing() {
+    let w0 = [1.0f32; 4];
+    let mut w = w0;
+    let (mut a, mut b, mut c) = ([0.5f32; 4], [0.5f32; 4], [0.5f32; 4]);
+    let nag = NagParams::from(&Nag::default());
+    let adam = AdamParams::with_lr(&Adam::default(), 0.1);
+    let adagrad = AdaGradParams::with_lr(&AdaGrad::default(), 0.01);
+    let rmsprop = RmsPropParams::from(&RmsProp::default());
+    let ftrl = FtrlParams::from(&Ftrl::default());
+    // A short gradient, a short state, a ragged table, unsorted and out-of-range ids.
+    assert!(nag_dense(&nag, &mut w, &[1.0; 3], None).is_err());
+    assert!(nag_dense(&nag, &mut w, &[1.0; 4], Some(&mut a[..3])).is_err());
+    assert!(nag_rows(&nag, &mut w, 3, &[0], &[1.0; 3], None).is_err());
+    assert!(adam_dense(&adam, &mut w, &[1.0; 4], &mut a, &mut b[..3]).is_err());
+    assert!(adam_rows(&adam, &mut w, 2, &[1, 0], &[1.0; 4], &mut a, &mut b).is_err());
+    assert_eq!(
+        adagrad_rows(&adagrad, &mut w, 2, &[2], &[1.0; 2], &mut a),
+        Err(KernelError::RowOutOfRange { id: 2, rows: 2 })
+    );
+    assert!(adagrad_dense(&adagrad, &mut w, &[1.0; 5], &mut a).is_err());
+    assert_eq!(
+        rmsprop_dense(
+            &rmsprop,
+            &mut w,
+            &[1.0; 4],
+            RmsPropState::Centered {
+                n: &mut a,
+                g: &mut b,
+                delta: &mut c[..2]
+            }
+        ),
+        Err(KernelError::LengthMismatch {
+            what: "delta",
+            expected: 4,
+            found: 2
+        })
+    );
+    assert!(rmsprop_rows(
+        &rmsprop,
+        &mut w,
+        2,
+        &[0],
+        &[1.0; 3],
+        RmsPropState::Plain { n: &mut a }
+    )
+    .is_err());
+    assert!(ftrl_dense(&ftrl, &mut w, &[1.0; 4], &mut a[..1], &mut b).is_err());
+    assert!(ftrl_rows(&ftrl, &mut w, 2, &[-1], &[1.0; 2], &mut a, &mut b).is_err());
+    assert_eq!(w, w0, "the weight is untouched on error");
+    assert_eq!(
+        (a, b, c),
+        ([0.5; 4], [0.5; 4], [0.5; 4]),
+        "states untouched"
+    );
+    // A NaN or negative clip cannot panic.
+    let odd = NagParams {
+        clip_gradient: Some(f32::NAN),
+        ..nag
+    };
+    nag_rows(&odd, &mut w, 2, &[1], &[5.0, -5.0], None).unwrap();
+    let odd = AdamParams {
+        clip_gradient: Some(-1.0),
+        ..adam
+    };
+    adam_rows(&odd, &mut w, 2, &[0], &[5.0, -5.0], &mut a, &mut b).unwrap();
 }

@@ -10,7 +10,7 @@ use kvstore_dist::{ServerConfig, Worker, WorkerConfig};
 use kvstore_spec::codec::{Compression, CompressionType};
 use kvstore_spec::dist::DistStore;
 use kvstore_spec::kind::Kind;
-use kvstore_spec::optimizer::{Optimizer, Sgd};
+use kvstore_spec::optimizer::{AdaGrad, Adam, Ftrl, Nag, Optimizer, RmsProp, Sgd};
 use kvstore_spec::{sparse, transfer, DType, Key, Tensor, Value};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
@@ -40,7 +40,8 @@ struct Setup {
     workers: usize,
     servers: usize,
     compression: bool,
-    momentum: Option<f32>,
+    /// The optimizer's kind (0..6) and its momentum (or first own parameter).
+    optimizer: Option<(u8, f32)>,
     ops: Vec<Op>,
     /// Which link delivers next, cycled.
     schedule: Vec<u8>,
@@ -77,9 +78,9 @@ fn setup() -> impl Strategy<Value = Setup> {
         1usize..4,
         1usize..4,
         any::<bool>(),
-        prop::option::of(0.0f32..0.9),
+        prop::option::of((0u8..6, 0.0f32..0.9)),
     )
-        .prop_flat_map(|(workers, servers, compression, momentum)| {
+        .prop_flat_map(|(workers, servers, compression, optimizer)| {
             (
                 prop::collection::vec(op(workers), 1..40),
                 prop::collection::vec(any::<u8>(), 1..64),
@@ -88,7 +89,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                     workers,
                     servers,
                     compression,
-                    momentum,
+                    optimizer,
                     ops,
                     schedule,
                 })
@@ -223,12 +224,36 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
         cluster.post(rank, effects);
     }
     let compression = Compression::new(CompressionType::TwoBit, 0.5).unwrap();
-    let optimizer = setup.momentum.map(|momentum| {
-        Optimizer::Sgd(Sgd {
-            learning_rate: 0.5,
-            momentum: f64::from(momentum),
-            ..Sgd::default()
-        })
+    let optimizer = setup.optimizer.map(|(kind, x)| {
+        let x = f64::from(x);
+        match kind {
+            0 => Optimizer::Sgd(Sgd {
+                learning_rate: 0.5,
+                momentum: x,
+                ..Sgd::default()
+            }),
+            1 => Optimizer::Nag(Nag {
+                learning_rate: 0.5,
+                momentum: x,
+                wd: 0.01,
+                ..Nag::default()
+            }),
+            2 => Optimizer::Adam(Adam {
+                learning_rate: 0.1,
+                beta1: x,
+                ..Adam::default()
+            }),
+            3 => Optimizer::AdaGrad(AdaGrad::default()),
+            4 => Optimizer::RmsProp(RmsProp {
+                gamma1: x,
+                centered: true,
+                ..RmsProp::default()
+            }),
+            _ => Optimizer::Ftrl(Ftrl {
+                lamda1: x * 0.1,
+                ..Ftrl::default()
+            }),
+        }
     });
     if setup.compression {
         spec.set_gradient_compression(compression).unwrap();

@@ -5,6 +5,7 @@
 //! cargo bench -p kvstore --bench store                 # everything (a few minutes)
 //! cargo bench -p kvstore --bench store -- case_a       # one case, its phases and sizes
 //! cargo bench -p kvstore --bench store -- kernel       # the bare kernels and memcpy
+//! cargo bench -p kvstore --bench store -- optimizer    # one push through each optimizer
 //! ```
 //!
 //! Each case comes at its full size (the `kvstore bench` one) and at a small one; the phases
@@ -14,7 +15,12 @@
 #![allow(clippy::expect_used)]
 
 use divan::Bencher;
-use kvstore::{Compression, CompressionType, DType, Device, KvStore, NdArray, RowSparse, Tensor};
+use kvstore::backend::{Backend, CpuBackend, SpecBackend};
+use kvstore::spec::optimizer::State;
+use kvstore::{
+    AdaGrad, Adam, BackendKind, Compression, CompressionType, DType, Device, Ftrl, KvStore, Nag,
+    NdArray, Optimizer, Options, RmsProp, RowSparse, Sgd, Tensor, Value,
+};
 
 fn main() {
     divan::main();
@@ -281,6 +287,120 @@ fn case_e_push(bencher: Bencher, n: usize) {
         m.kv.push(&m.keys[..], &m.values[..]).expect("push");
         m.kv.wait_all().expect("ran");
     });
+}
+
+/// Elements of the key the optimizer benches push.
+const OPTIMIZER_KEY: usize = 4 << 20;
+
+/// Every optimizer of `set_optimizer`, SGD and NAG with momentum, RMSProp plain and centered.
+const OPTIMIZERS: [&str; 7] = [
+    "sgd",
+    "nag",
+    "adam",
+    "adagrad",
+    "rmsprop",
+    "rmsprop_centered",
+    "ftrl",
+];
+
+fn optimizer(name: &str) -> Optimizer {
+    match name {
+        "sgd" => Optimizer::Sgd(Sgd {
+            momentum: 0.9,
+            wd: 1e-4,
+            ..Sgd::default()
+        }),
+        "nag" => Optimizer::Nag(Nag {
+            momentum: 0.9,
+            wd: 1e-4,
+            ..Nag::default()
+        }),
+        "adam" => Optimizer::Adam(Adam {
+            wd: 1e-4,
+            ..Adam::default()
+        }),
+        "adagrad" => Optimizer::AdaGrad(AdaGrad {
+            wd: 1e-4,
+            ..AdaGrad::default()
+        }),
+        "rmsprop" => Optimizer::RmsProp(RmsProp::default()),
+        "rmsprop_centered" => Optimizer::RmsProp(RmsProp {
+            centered: true,
+            ..RmsProp::default()
+        }),
+        _ => Optimizer::Ftrl(Ftrl::default()),
+    }
+}
+
+/// A local store on `backend` holding key 0 of 4 Mi f32 elements with the optimizer set and
+/// one push done (the key's state exists), and a gradient to push.
+fn optimizer_store(name: &str, backend: BackendKind) -> (KvStore, NdArray) {
+    let options = Options {
+        backend,
+        ..Options::default()
+    };
+    let kv = kvstore::create_with("local", options).expect("a local store");
+    let mut rng = Rng(42);
+    let weight = Tensor::new([OPTIMIZER_KEY], rng.f32s(OPTIMIZER_KEY)).expect("weight");
+    kv.init(0, weight).expect("init");
+    kv.set_optimizer(optimizer(name)).expect("set_optimizer");
+    let grad = NdArray::from_f32([OPTIMIZER_KEY], rng.f32s(OPTIMIZER_KEY)).expect("grad");
+    kv.push(0, &grad).expect("push");
+    kv.wait_all().expect("first push ran");
+    (kv, grad)
+}
+
+/// One push of a 4 Mi-element f32 gradient through the optimizer on `kvstore::create("local")`
+/// (the CPU backend's kernels).
+#[divan::bench(args = OPTIMIZERS, sample_count = 20, sample_size = 1)]
+fn optimizer_push(bencher: Bencher, name: &str) {
+    let (kv, grad) = optimizer_store(name, BackendKind::Cpu);
+    bencher.bench_local(|| {
+        kv.push(0, &grad).expect("push");
+        kv.wait_all().expect("ran");
+    });
+}
+
+/// The same push on the engine with the spec's arithmetic as its backend: what the CPU
+/// backend fell back to before it had the optimizers' kernels.
+#[divan::bench(args = OPTIMIZERS, sample_count = 3, sample_size = 1)]
+fn optimizer_push_spec_fallback(bencher: Bencher, name: &str) {
+    let (kv, grad) = optimizer_store(name, BackendKind::EngineSpec);
+    bencher.bench_local(|| {
+        kv.push(0, &grad).expect("push");
+        kv.wait_all().expect("ran");
+    });
+}
+
+/// One `Backend::optimize` call (the update alone, no engine) on a warm 4 Mi-element f32 key.
+fn bench_optimize(bencher: Bencher, name: &str, backend: &dyn Backend) {
+    let opt = optimizer(name);
+    let mut rng = Rng(42);
+    let mut stored =
+        Value::Dense(Tensor::new([OPTIMIZER_KEY], rng.f32s(OPTIMIZER_KEY)).expect("weight"));
+    let merged = Value::Dense(Tensor::new([OPTIMIZER_KEY], rng.f32s(OPTIMIZER_KEY)).expect("grad"));
+    let mut state: Option<State> = None;
+    backend
+        .optimize(&opt, &mut state, &merged, &mut stored)
+        .expect("first update");
+    bencher.bench_local(|| {
+        backend
+            .optimize(&opt, &mut state, &merged, &mut stored)
+            .expect("update")
+    });
+}
+
+/// The update alone on the CPU backend (its kernels).
+#[divan::bench(args = OPTIMIZERS, sample_count = 20, sample_size = 1)]
+fn optimizer_update_cpu(bencher: Bencher, name: &str) {
+    bench_optimize(bencher, name, &CpuBackend);
+}
+
+/// The update alone with the spec's arithmetic (the CPU backend's fallback before it had the
+/// kernels).
+#[divan::bench(args = OPTIMIZERS, sample_count = 3, sample_size = 1)]
+fn optimizer_update_spec(bencher: Bencher, name: &str) {
+    bench_optimize(bencher, name, &SpecBackend);
 }
 
 /// The kernels the cases run, called directly on data of the full-size cases.

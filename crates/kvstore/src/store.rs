@@ -533,7 +533,8 @@ impl KvStore {
     }
 
     /// Writes the optimizer states (and the optimizer when `dump_optimizer`) to `path` (R47),
-    /// after every push issued before the call.
+    /// after every push issued before the call. The file is written whole or not at all: the
+    /// bytes go to a temporary file beside `path`, which is synced and then renamed over it.
     pub fn save_optimizer_states(
         &self,
         path: impl AsRef<Path>,
@@ -545,7 +546,7 @@ impl KvStore {
             dump_optimizer,
         };
         let bytes = self.call(op, |s| s.save_optimizer_states(dump_optimizer))?;
-        std::fs::write(path, bytes).map_err(|e| io_error(path, &e))
+        write_atomically(path, &bytes).map_err(|e| io_error(path, &e))
     }
 
     /// Restores optimizer states written by [`KvStore::save_optimizer_states`] (R47).
@@ -570,6 +571,34 @@ impl KvStore {
     pub fn observable(&self) -> Result<Observable> {
         self.inner.observable()
     }
+}
+
+/// Writes `bytes` to a temporary file in `path`'s directory, syncs it and renames it to `path`,
+/// so readers see the old file or the new one, never a part; the temporary file is removed on
+/// any failure.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map_or_else(
+        || "optimizer-states".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let temporary = path.with_file_name(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> Error {

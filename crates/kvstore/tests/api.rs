@@ -257,6 +257,42 @@ fn r47_state_files_round_trip_and_io_errors_are_typed() {
 }
 
 #[test]
+fn r47_state_files_are_written_atomically() {
+    let kv = local();
+    kv.init(1, t(&[3], 0.0)).unwrap();
+    kv.set_optimizer(kvstore::Optimizer::Adam(kvstore::Adam::default()))
+        .unwrap();
+    kv.push(1, t(&[3], 1.0)).unwrap();
+    let dir = std::env::temp_dir().join(format!("kvstore-atomic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("states.json");
+    kv.save_optimizer_states(&path, false).unwrap();
+    let first = std::fs::read(&path).unwrap();
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listing(), ["states.json"], "no temporary file is left");
+    // A save that cannot be renamed into place (the target is a directory) fails with a typed
+    // error, leaves no temporary file and does not touch what was there.
+    let blocked = dir.join("blocked");
+    std::fs::create_dir_all(blocked.join("inside")).unwrap();
+    kv.push(1, t(&[3], 1.0)).unwrap();
+    assert!(matches!(
+        kv.save_optimizer_states(&blocked, false),
+        Err(Error::Io { .. })
+    ));
+    assert_eq!(listing(), ["blocked", "states.json"]);
+    kv.save_optimizer_states(&path, false).unwrap();
+    assert_ne!(std::fs::read(&path).unwrap(), first, "replaced whole");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn kv_store_is_send_and_sync_and_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<KvStore>();

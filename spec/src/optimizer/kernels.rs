@@ -7,6 +7,7 @@
 //! operation's result). Kernel parameters are `float` in MXNet: each is rounded to `f32`, then
 //! to the dtype.
 
+use super::param::kernel_param;
 use super::params::{AdaGrad, Adam, Ftrl, Nag, RmsProp, Sgd};
 use crate::value::DType;
 
@@ -20,9 +21,10 @@ impl Arith {
         self.0.round(x)
     }
 
-    /// A kernel parameter: Python's `f64`, parsed as `float`, cast to the dtype.
+    /// A kernel parameter: Python's `f64`, passed as text and parsed as `float` the way MXNet
+    /// does ([`kernel_param`]), cast to the dtype.
     fn p(self, x: f64) -> f64 {
-        self.r(f64::from(x as f32))
+        self.r(f64::from(kernel_param(x)))
     }
 
     fn sqrt(self, x: f64) -> f64 {
@@ -106,8 +108,8 @@ fn rescaled(a: Arith, rescale: f64, clip_gradient: Option<f64>, g: f64) -> f64 {
     }
 }
 
-/// NAG (R72): `nag_mom_update` with a momentum, `sgd_update` without; no sparse kernel, so a
-/// row_sparse gradient updates every element (MXNet densifies it).
+/// NAG (R72): `nag_mom_update` with a momentum, which has no sparse kernel, so a row_sparse
+/// gradient updates every element (MXNet densifies it); `sgd_update` without, lazily.
 pub(super) fn nag(p: &Nag, s: Step<'_>) {
     let a = s.a;
     let r = |x| a.r(x);
@@ -131,8 +133,10 @@ pub(super) fn nag(p: &Nag, s: Step<'_>) {
             }
         }
         None => {
+            // `sgd_update` (its `lazy_update` defaults to true): a row_sparse gradient updates
+            // only its rows.
             let decay = r(1.0 - r(lr * wd));
-            for i in 0..w.len() {
+            for &i in s.touched {
                 let step = match p.clip_gradient {
                     Some(_) => r(lr * cg(g[i])),
                     None => r(r(lr * rescale) * g[i]),
@@ -144,8 +148,8 @@ pub(super) fn nag(p: &Nag, s: Step<'_>) {
 }
 
 /// Adam (R73): `lr` already carries the bias correction. A row_sparse gradient with
-/// `lazy_update` touches only its rows (MXNet's CPU lazy kernel, which squares the clipped
-/// gradient before scaling it); without, every row, an absent row's gradient being `wd * w`.
+/// `lazy_update` touches only its rows; without, every row, an absent row's gradient being
+/// `wd * w`.
 pub(super) fn adam(p: &Adam, s: Step<'_>) {
     let a = s.a;
     let r = |x| a.r(x);
@@ -154,6 +158,9 @@ pub(super) fn adam(p: &Adam, s: Step<'_>) {
     let (one_b1, one_b2) = (r(1.0 - b1), r(1.0 - b2));
     let clip_c = p.clip_gradient.map(|c| a.p(c));
     let lazy = s.sparse && p.lazy_update;
+    // MXNet's row_sparse kernels square the gradient before scaling it, except the lazy one
+    // without clipping: `(1-beta2)*(g*g)` there, `((1-beta2)*g)*g` in the dense kernel.
+    let square_first = s.sparse && (!lazy || clip_c.is_some());
     let (w, g) = (s.w, s.g);
     let [mean, var] = s.slots else {
         return;
@@ -172,18 +179,13 @@ pub(super) fn adam(p: &Adam, s: Step<'_>) {
         } else {
             decayed
         };
-        match clip_c {
-            Some(c) if lazy => {
-                let cg = clip(gr, c);
-                mean[i] = r(r(b1 * mean[i]) + r(one_b1 * cg));
-                var[i] = r(r(b2 * var[i]) + r(one_b2 * r(cg * cg)));
-            }
-            _ => {
-                let gr = clip_c.map_or(gr, |c| clip(gr, c));
-                mean[i] = r(r(b1 * mean[i]) + r(one_b1 * gr));
-                var[i] = r(r(b2 * var[i]) + r(r(one_b2 * gr) * gr));
-            }
-        }
+        let gr = clip_c.map_or(gr, |c| clip(gr, c));
+        mean[i] = r(r(b1 * mean[i]) + r(one_b1 * gr));
+        var[i] = if square_first {
+            r(r(b2 * var[i]) + r(one_b2 * r(gr * gr)))
+        } else {
+            r(r(b2 * var[i]) + r(r(one_b2 * gr) * gr))
+        };
         w[i] = r(w[i] - r(r(lr * mean[i]) / r(a.sqrt(var[i]) + eps)));
     }
 }

@@ -17,11 +17,13 @@
 
 mod kernels;
 mod number;
+mod param;
 mod params;
 mod saved;
 pub mod schedule;
 mod state;
 
+pub use param::kernel_param;
 pub use params::{AdaGrad, Adam, Common, Ftrl, Nag, RmsProp, Sgd};
 pub use saved::{read_saved, Saved};
 pub use schedule::{LrScheduler, WarmupMode};

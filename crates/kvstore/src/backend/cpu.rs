@@ -409,11 +409,14 @@ fn step(
             }
         }
         Optimizer::AdaGrad(p) => {
-            let p = AdaGradParams::with_lr(p, lr);
             let [history] = f32_slots(slots).ok_or_else(lost)?;
             match grad {
-                Grad::Dense(g) => kvstore_cpu::adagrad_dense(&p, w, g, history),
+                Grad::Dense(g) => {
+                    let p = AdaGradParams::dense_with_lr(p, lr);
+                    kvstore_cpu::adagrad_dense(&p, w, g, history)
+                }
                 Grad::Rows { row_len, ids, rows } => {
+                    let p = AdaGradParams::with_lr(p, lr);
                     kvstore_cpu::adagrad_rows(&p, w, row_len, ids, rows, history)
                 }
             }
