@@ -437,12 +437,18 @@ impl LocalStore {
         }
     }
 
-    /// Restores states saved by [`LocalStore::save_optimizer_states`] (R47).
+    /// Restores states saved by [`LocalStore::save_optimizer_states`] (R47); a state that does
+    /// not fit its initialised key is `InvalidState`, and nothing changes.
     pub fn load_optimizer_states(&mut self, bytes: &[u8]) -> Result<()> {
         match &mut self.updater {
             Some(UpdaterSlot::Optimizer(o)) => {
                 let mut next = o.clone();
                 next.load(bytes)?;
+                next.optimizer().check_loaded(next.states(), |key| {
+                    self.entries
+                        .get(key)
+                        .map(|e| (e.value.shape().to_vec(), e.value.dtype()))
+                })?;
                 *o = next;
                 Ok(())
             }

@@ -296,15 +296,32 @@ fn r70_a_fresh_key_state_holds_zeros_and_counts_updates() {
         );
     }
     assert_eq!(states[&k(4)].slots[0].shape(), &[2]);
-    // A state that does not fit (another optimizer's, loaded from a file) fails the update and
+    // States that do not fit (another optimizer's) are refused by the load (R47), which
     // changes nothing.
     let saved = kv.save_optimizer_states(false).unwrap();
     kv.set_optimizer(Optimizer::Adam(Adam::default())).unwrap();
-    kv.load_optimizer_states(&saved).unwrap();
     let before = kv.observable();
-    let err = kv.push(&[(k(3), dense(&[3, 1], &G))]);
-    assert!(matches!(err, Err(Error::Updater { .. })), "{err:?}");
+    let err = kv.load_optimizer_states(&saved);
+    assert!(
+        matches!(&err, Err(Error::InvalidState { reason }) if reason.contains("key 3")),
+        "{err:?}"
+    );
     assert_eq!(kv.observable(), before);
+    // A state for a key the store does not hold is kept, and checked at that key's first
+    // update: it fails (`Updater`) and changes nothing.
+    let mut other = store("local");
+    other.init(&[(k(9), dense(&[2], &[1.0, 1.0]))]).unwrap();
+    other
+        .set_optimizer(Optimizer::Adam(Adam::default()))
+        .unwrap();
+    other.load_optimizer_states(&saved).unwrap();
+    other
+        .init(&[(k(4), dense(&[3], &[1.0, 1.0, 1.0]))])
+        .unwrap();
+    let before = other.observable();
+    let err = other.push(&[(k(4), dense(&[3], &[1.0, 2.0, 3.0]))]);
+    assert!(matches!(err, Err(Error::Updater { .. })), "{err:?}");
+    assert_eq!(other.observable(), before);
 }
 
 #[test]
@@ -445,4 +462,72 @@ fn r45_optimizers_read_their_json_with_mxnets_defaults() {
     kv.push(&[(k(3), zeros(&[2], DType::F64))]).unwrap();
     let w = kv.pull(&[(k(3), zeros(&[2], DType::F64))], true).unwrap();
     assert!(matches!(&w[0], Value::Dense(t) if t.dtype() == DType::F64));
+}
+
+#[test]
+fn r47_damaged_state_files_are_typed_errors_and_change_nothing() {
+    for optimizer in [
+        Optimizer::Sgd(Sgd {
+            momentum: 0.9,
+            ..Sgd::default()
+        }),
+        Optimizer::Adam(Adam::default()),
+        Optimizer::RmsProp(RmsProp {
+            centered: true,
+            ..RmsProp::default()
+        }),
+        Optimizer::Ftrl(Ftrl::default()),
+    ] {
+        let mut kv = store("local");
+        kv.init(&[(k(3), dense(&[3, 1], &W0))]).unwrap();
+        kv.set_optimizer(optimizer.clone()).unwrap();
+        kv.push(&[(k(3), dense(&[3, 1], &G))]).unwrap();
+        let good = kv.save_optimizer_states(true).unwrap();
+        let text = String::from_utf8(good.clone()).unwrap();
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x5a;
+        let mut json: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        json["states"][0][1]["slots"][0]["shape"] = serde_json::json!([4, 1]);
+        let wrong_shape = serde_json::to_vec(&json).unwrap();
+        let damaged = [
+            ("truncated", good[..good.len() / 2].to_vec()),
+            ("corrupted", flipped),
+            (
+                "wrong version",
+                text.replace("\"version\":2", "\"version\":3").into_bytes(),
+            ),
+            (
+                "wrong format",
+                text.replace("kvstore-optimizer-states", "pickle")
+                    .into_bytes(),
+            ),
+            ("wrong shape", wrong_shape),
+            ("empty", Vec::new()),
+        ];
+        kv.push(&[(k(3), dense(&[3, 1], &G))]).unwrap();
+        let before = kv.observable();
+        for (what, bytes) in damaged {
+            let err = kv.load_optimizer_states(&bytes);
+            assert!(
+                matches!(err, Err(Error::InvalidState { .. })),
+                "{} {what}: {err:?}",
+                optimizer.name()
+            );
+            assert_eq!(kv.observable(), before, "{} {what}", optimizer.name());
+        }
+        kv.load_optimizer_states(&good).unwrap();
+    }
+    // A version-1 file (SGD momentum only) still loads, its keys counted as never updated.
+    let mut kv = store("local");
+    kv.init(&[(k(3), dense(&[2], &[0.0, 0.0]))]).unwrap();
+    kv.set_optimizer(Optimizer::Sgd(Sgd {
+        learning_rate: 1.0,
+        momentum: 0.5,
+        ..Sgd::default()
+    }))
+    .unwrap();
+    let v1 = br#"{"format":"kvstore-optimizer-states","version":1,"states":[[3,{"shape":[2],"data":{"F32":[-1.0,-1.0]},"device":{"Cpu":0}}]],"optimizer":null}"#;
+    kv.load_optimizer_states(v1).unwrap();
+    let state = kv.observable().optimizer.unwrap().states()[&k(3)].clone();
+    assert_eq!((state.updates, state.slots.len()), (0, 1));
 }

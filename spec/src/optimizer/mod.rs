@@ -215,6 +215,25 @@ impl Optimizer {
         }
     }
 
+    /// R47: every loaded state of a key the store holds must fit that key's weight (tensor
+    /// count, shape, dtype), else `InvalidState` naming the key; states of keys not initialised
+    /// are kept and checked at their first update.
+    pub fn check_loaded<'a>(
+        &self,
+        states: impl IntoIterator<Item = (&'a crate::key::Key, &'a State)>,
+        weight_of: impl Fn(&crate::key::Key) -> Option<(Vec<usize>, DType)>,
+    ) -> crate::error::Result<()> {
+        for (key, state) in states {
+            if let Some((shape, dtype)) = weight_of(key) {
+                self.check_state(state, &shape, dtype)
+                    .map_err(|e| Error::InvalidState {
+                        reason: format!("key {key}: {}", e.0),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// The learning rate of a key's `updates`-th update (counted from 1), in `f64` (R71),
     /// before any optimizer-specific correction.
     pub fn scheduled_lr(&self, updates: u64) -> f64 {

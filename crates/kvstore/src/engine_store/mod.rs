@@ -283,6 +283,12 @@ impl<B: Backend> EngineStore<B> {
         let mut loaded =
             OptimizerUpdater::with_states(Optimizer::clone(&optimizer), BTreeMap::new())?;
         loaded.load(bytes)?;
+        loaded.optimizer().check_loaded(loaded.states(), |key| {
+            front
+                .slots()
+                .find(|s| &s.key == key)
+                .map(|s| (s.shape.clone(), s.dtype))
+        })?;
         let mut states = loaded.states().clone();
         front.updater = Some(UpdaterRef::Optimizer(Arc::new(loaded.optimizer().clone())));
         let per_key: BTreeMap<Key, State> = front
