@@ -2,7 +2,8 @@
 //! with the same operations.
 
 use super::{
-    decode_op, observe, public_args, public_outputs, settle, KindChoice, Op, TempFile, MAX_OPS,
+    decode_op, default_options, engine_store, observe, public_args, public_outputs, settle,
+    KindChoice, Op, TempFile, MAX_OPS,
 };
 use arbitrary::Unstructured;
 use kvstore::{BackendKind, KvStore, NdArray, Options, PullOptions, RowIds};
@@ -28,11 +29,11 @@ pub fn differential(data: &[u8]) {
     };
     let spec_options = Options {
         backend: BackendKind::Spec,
-        ..Options::default()
+        ..default_options()
     };
     let (spec, engine) = match (
         kvstore::create_with(kind.name(), spec_options),
-        kvstore::create(kind.name()),
+        engine_store(kind.name()),
     ) {
         (Ok(spec), Ok(engine)) => (spec, engine),
         (spec, engine) => panic!("create({}) failed: {spec:?} {engine:?}", kind.name()),
@@ -43,6 +44,10 @@ pub fn differential(data: &[u8]) {
         TempFile::new("differential-engine"),
     );
     let mut saved: Vec<Vec<u8>> = Vec::new();
+    // Each store's `observable()` as the last step left it. Nothing touches the stores between
+    // two steps, so it is their state before the next step: each step observes each store once,
+    // after its operation (an engine `observable()` is a round trip through its workers).
+    let (mut spec_before, mut engine_before) = (observe(&spec), observe(&engine));
     for step in 0..MAX_OPS {
         if u.is_empty() {
             break;
@@ -56,8 +61,6 @@ pub fn differential(data: &[u8]) {
         if let Op::Load(bytes) = &op {
             load_file.write(bytes);
         }
-        let spec_before = observe(&spec);
-        let engine_before = observe(&engine);
         let (spec_result, spec_outs) = run(&spec, &op, &load_file, &save_files.0);
         let (engine_result, engine_outs) = run(&engine, &op, &load_file, &save_files.1);
         assert!(
@@ -97,6 +100,7 @@ pub fn differential(data: &[u8]) {
             );
             saved.push(s);
         }
+        (spec_before, engine_before) = (spec_after, engine_after);
     }
 }
 

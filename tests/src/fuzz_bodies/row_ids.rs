@@ -2,14 +2,14 @@
 //! on engine + CPU and on the spec's `LocalStore`.
 
 use super::{
-    device, dtype, element, elements, observe, public_args, public_outputs, settle, variant,
-    KindChoice,
+    device, dtype, element, elements, engine_store, observe, public_args, public_outputs, settle,
+    variant, KindChoice,
 };
 use arbitrary::Unstructured;
 use kvstore::{KvStore, RowIds};
 use kvstore_spec::kind::Kind;
 use kvstore_spec::optimizer::{Optimizer, Sgd};
-use kvstore_spec::store::LocalStore;
+use kvstore_spec::store::{LocalStore, Observable};
 use kvstore_spec::{Data, Error, Key, RowSparse, Tensor, Value};
 
 /// Shapes of the keys: the first dimension is the number of rows (none for `[0, 2]`).
@@ -44,6 +44,11 @@ pub fn row_ids(data: &[u8]) {
 struct Stores {
     spec: LocalStore,
     engine: KvStore,
+    /// Each store's `observable()` as the last check left it. Nothing touches the stores between
+    /// two operations, so this is their state before the next one: an operation observes each
+    /// store once, after it ran (an engine `observable()` is a round trip through its workers).
+    /// (`None` until the inits ran.)
+    observed: Option<(Observable, Observable)>,
 }
 
 fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
@@ -51,11 +56,15 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     let Ok(parsed) = Kind::parse(kind.name()) else {
         return Ok(());
     };
-    let (spec, engine) = match (LocalStore::new(parsed), kvstore::create(kind.name())) {
+    let (spec, engine) = match (LocalStore::new(parsed), engine_store(kind.name())) {
         (Ok(spec), Ok(engine)) => (spec, engine),
         (spec, engine) => panic!("create({}) failed: {spec:?} {engine:?}", kind.name()),
     };
-    let mut stores = Stores { spec, engine };
+    let mut stores = Stores {
+        spec,
+        engine,
+        observed: None,
+    };
     let n_keys = u.int_in_range(1u8..=3)?;
     let mut shapes: Vec<&'static [usize]> = Vec::new();
     let mut inits = Vec::new();
@@ -78,6 +87,7 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         let spec = stores.spec.set_optimizer(optimizer.clone());
         let engine = settle(&stores.engine, stores.engine.set_optimizer(optimizer));
         assert_eq!(spec, engine, "set_optimizer");
+        stores.check_same(0, "set_optimizer", false);
     }
     for step in 0..MAX_STEPS {
         if u.is_empty() {
@@ -294,19 +304,15 @@ impl Stores {
         let (keys, values) = public_args(pairs);
         let engine = settle(&self.engine, self.engine.init(keys, values));
         assert_eq!(spec, engine, "init of {pairs:?}");
-        self.check_same("init");
+        self.check_same(0, "init", false);
     }
 
     fn push(&mut self, step: usize, pairs: &[(Key, Value)]) {
-        let (spec_before, engine_before) = (self.spec.observable(), observe(&self.engine));
         let spec = self.spec.push(pairs);
         let (keys, values) = public_args(pairs);
         let engine = settle(&self.engine, self.engine.push(keys, values));
         assert_eq!(spec, engine, "step {step}: push of {pairs:?}");
-        if spec.is_err() {
-            self.check_unchanged(step, "push", &spec_before, &engine_before);
-        }
-        self.check_same("push");
+        self.check_same(step, "push", spec.is_err());
     }
 
     fn pull(&mut self, step: usize, outs: &[(Key, Value)]) {
@@ -325,7 +331,7 @@ impl Stores {
             ),
         );
         compare_outputs(step, "pull", outs, spec, engine, &arrays);
-        self.check_same("pull");
+        self.check_same(step, "pull", false);
     }
 
     fn row_sparse_pull(
@@ -335,7 +341,6 @@ impl Stores {
         lists: &[Vec<i64>],
         shapes: &[&[usize]],
     ) {
-        let (spec_before, engine_before) = (self.spec.observable(), observe(&self.engine));
         let spec = self.spec.row_sparse_pull(outs, lists);
         let (keys, _) = public_args(outs);
         let (arrays, outputs) = public_outputs(outs);
@@ -371,35 +376,31 @@ impl Stores {
         }
         let failed = spec.is_err();
         compare_outputs(step, &what, outs, spec, engine, &arrays);
-        if failed {
-            self.check_unchanged(step, &what, &spec_before, &engine_before);
-        }
-        self.check_same(&what);
+        self.check_same(step, &what, failed);
     }
 
-    fn check_unchanged(
-        &self,
-        step: usize,
-        what: &str,
-        spec_before: &kvstore_spec::store::Observable,
-        engine_before: &kvstore_spec::store::Observable,
-    ) {
-        assert!(
-            self.spec.observable() == *spec_before,
-            "R7: step {step}: a failing {what} changed the spec store"
-        );
-        assert!(
-            observe(&self.engine) == *engine_before,
-            "R7: step {step}: a failing {what} changed the engine store"
-        );
-    }
-
-    fn check_same(&self, what: &str) {
+    /// Both stores' state after an operation: the same on both and, when the operation
+    /// `failed`, what each held before it (R7).
+    fn check_same(&mut self, step: usize, what: &str, failed: bool) {
         let (spec, engine) = (self.spec.observable(), observe(&self.engine));
+        if failed {
+            let Some((spec_before, engine_before)) = &self.observed else {
+                panic!("{what} failed before the stores were initialised");
+            };
+            assert!(
+                spec == *spec_before,
+                "R7: step {step}: a failing {what} changed the spec store"
+            );
+            assert!(
+                engine == *engine_before,
+                "R7: step {step}: a failing {what} changed the engine store"
+            );
+        }
         assert!(
             spec == engine,
             "after {what} the stores differ\nspec:   {spec:?}\nengine: {engine:?}"
         );
+        self.observed = Some((spec, engine));
     }
 }
 
