@@ -26,7 +26,6 @@ use kvstore_tests::conformance::temp_work_dir;
 use serde_json::{json, Value as Json};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// Steps (push both keys, pull both keys) per trace.
@@ -333,46 +332,7 @@ fn run_kvstore(text: &str) -> Result<Vec<Json>, String> {
 /// Runs the MXNet driver once over all `files` (in its own process, `--no-fork`: the traces
 /// need no crash isolation and run about twice as fast); each trace's output lines.
 fn run_mxnet(mx: &Mxnet, files: &[PathBuf]) -> Result<Vec<Vec<Json>>, String> {
-    let output = Command::new(&mx.python)
-        .arg(&mx.driver)
-        .arg("--no-fork")
-        .args(files)
-        .env("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", mx.driver.display()))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(format!(
-            "{} failed ({}):\n{}",
-            mx.driver.display(),
-            output.status,
-            tail.join("\n")
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let mut results: Vec<Vec<Json>> = Vec::new();
-    for l in stdout.lines().filter(|l| l.starts_with('{')) {
-        let j: Json =
-            serde_json::from_str(l).map_err(|e| format!("driver printed a bad line ({e}): {l}"))?;
-        if j.get("trace").is_some() && j.get("line").is_none() {
-            results.push(Vec::new());
-        } else if let Some(current) = results.last_mut() {
-            current.push(j);
-        } else {
-            return Err(format!("driver printed a line before any trace: {l}"));
-        }
-    }
-    if results.len() != files.len() {
-        return Err(format!(
-            "driver printed {} traces for {}",
-            results.len(),
-            files.len()
-        ));
-    }
-    Ok(results)
+    mx.run_with(&["--no-fork"], files)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -62,11 +62,17 @@ impl Mxnet {
 
     /// Runs the driver once over `traces` and returns each trace's output lines.
     pub fn run(&self, traces: &[PathBuf]) -> Result<Vec<Vec<Json>>, String> {
+        self.run_with(&[], traces)
+    }
+
+    /// [`Mxnet::run`] with driver options before the traces (e.g. `--no-fork`).
+    pub fn run_with(&self, options: &[&str], traces: &[PathBuf]) -> Result<Vec<Vec<Json>>, String> {
         if traces.is_empty() {
             return Ok(Vec::new());
         }
         let output = Command::new(&self.python)
             .arg(&self.driver)
+            .args(options)
             .args(traces)
             .env("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
             .stdin(Stdio::null())
