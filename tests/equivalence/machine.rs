@@ -29,6 +29,14 @@ impl EngineBackend for EngineSpec {
     const BACKEND: BackendKind = BackendKind::EngineSpec;
 }
 
+/// The engine with the CUDA backend on GPU 0 (feature `cuda`).
+#[derive(Debug)]
+pub struct Cuda;
+
+impl EngineBackend for Cuda {
+    const BACKEND: BackendKind = BackendKind::Cuda;
+}
+
 /// An engine store over `B` checked against the spec, op by op.
 #[derive(Debug)]
 pub struct EngineMatchesSpec<B>(PhantomData<B>);
@@ -72,4 +80,31 @@ prop_state_machine! {
     fn r61_engine_with_spec_kernels_matches_spec_on_random_op_sequences(
         sequential 1..100 => EngineMatchesSpec<EngineSpec>
     );
+
+    // Run by the test below when a GPU is there.
+    fn engine_cuda_machine(sequential 1..100 => EngineMatchesSpec<Cuda>);
+}
+
+/// R77: the engine over the CUDA backend gives the spec's bits. Without the `cuda` feature or
+/// a GPU this prints one `SKIPPED` line naming why (`KVSTORE_REQUIRE_GPU=1` makes it fail).
+#[test]
+fn r77_engine_cuda_matches_spec_on_random_op_sequences() {
+    let options = kvstore::Options {
+        backend: BackendKind::Cuda,
+        workers: 1,
+    };
+    match kvstore::create_with("local", options) {
+        Ok(_) => engine_cuda_machine(),
+        Err(why) => {
+            assert!(
+                std::env::var_os("KVSTORE_REQUIRE_GPU").is_none(),
+                "a GPU is required here: {why}"
+            );
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED r77_engine_cuda_matches_spec_on_random_op_sequences: {why}"
+            );
+        }
+    }
 }

@@ -47,6 +47,9 @@ pub enum BackendKind {
     /// The dependency engine with the spec's reference code as its backend: isolates the
     /// engine in the equivalence suites.
     EngineSpec,
+    /// The dependency engine with the CUDA backend on GPU 0 (feature `cuda`; without it, or
+    /// without a GPU, creating such a store is an [`Error::UnsupportedKind`]).
+    Cuda,
 }
 
 impl BackendKind {
@@ -56,6 +59,7 @@ impl BackendKind {
             BackendKind::Cpu => "cpu",
             BackendKind::Spec => "spec",
             BackendKind::EngineSpec => "engine-spec",
+            BackendKind::Cuda => "cuda",
         }
     }
 }
@@ -68,9 +72,10 @@ impl FromStr for BackendKind {
             "cpu" => Ok(BackendKind::Cpu),
             "spec" => Ok(BackendKind::Spec),
             "engine-spec" => Ok(BackendKind::EngineSpec),
+            "cuda" => Ok(BackendKind::Cuda),
             other => Err(Error::UnsupportedKind {
                 kind: other.into(),
-                reason: "backends are cpu, spec and engine-spec".into(),
+                reason: "backends are cpu, spec, engine-spec and cuda".into(),
             }),
         }
     }
@@ -159,6 +164,22 @@ fn contents(outs: &Outputs) -> Values<Value> {
     outs.as_ref().map(NdArray::value)
 }
 
+/// An engine store over the CUDA backend on GPU 0.
+#[cfg(feature = "cuda")]
+fn cuda_store(kind: &Kind, workers: usize) -> Result<Box<dyn StoreOps>> {
+    let backend = crate::backend::CudaBackend::open(0)?;
+    Ok(Box::new(EngineStore::new(kind.clone(), backend, workers)?))
+}
+
+/// Without the `cuda` feature there is no CUDA backend: a typed error.
+#[cfg(not(feature = "cuda"))]
+fn cuda_store(_kind: &Kind, _workers: usize) -> Result<Box<dyn StoreOps>> {
+    Err(Error::UnsupportedKind {
+        kind: "cuda".into(),
+        reason: "kvstore was built without the `cuda` feature".into(),
+    })
+}
+
 /// What a trace records of inputs: their values.
 fn input_values(values: &Inputs) -> Values<Value> {
     values.as_ref().map(Input::to_value)
@@ -176,6 +197,7 @@ impl KvStore {
                 SpecBackend,
                 options.workers,
             )?),
+            BackendKind::Cuda => cuda_store(&kind, options.workers)?,
         };
         Ok(KvStore {
             inner,

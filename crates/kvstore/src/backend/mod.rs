@@ -8,9 +8,13 @@
 //! the equivalence suites drive the store over each backend and compare with the spec.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod reference;
 
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 pub use reference::SpecBackend;
 
 use kvstore_spec::codec::Compression;

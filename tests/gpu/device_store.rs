@@ -1,0 +1,276 @@
+//! R77: the device-resident store ([`kvstore_cuda::DeviceStore`]: values, merge buffers and
+//! residuals on the GPU, one stream per key) against the specification, on random programs of
+//! init, push (several devices' gradients, with or without 2-bit/1-bit compression, with no
+//! updater, SGD or Adam), pull and row_sparse_pull (ids unsorted, repeated). Every pulled
+//! value must equal the spec's bit for bit (R60).
+//!
+//! Needs the `cuda` feature and a GPU; otherwise it prints one `SKIPPED` line naming why
+//! (`KVSTORE_REQUIRE_GPU=1` makes that a failure).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use kvstore::{BackendKind, Compression, CompressionType, Device, NdArray, Options, Tensor};
+    use kvstore_cpu::Codec;
+    use kvstore_cuda::cudarc::driver::CudaSlice;
+    use kvstore_cuda::{DeviceStore, DeviceUpdater, Gpu};
+    use kvstore_spec::optimizer::{Adam, Optimizer, Sgd};
+    use proptest::prelude::*;
+    use std::sync::{Arc, OnceLock};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push { key: usize, seed: u64 },
+        PushPull { key: usize, seed: u64 },
+        Pull { key: usize },
+        RowSparsePull { key: usize, ids: Vec<i64> },
+    }
+
+    #[derive(Debug, Clone)]
+    struct Program {
+        /// Per key: rows, columns, and the devices it is pushed from (fixed per key: a
+        /// `device` store reduces over one device set, R17).
+        shapes: Vec<[usize; 3]>,
+        updater: u8,
+        momentum: bool,
+        compression: Option<(bool, f32)>,
+        ops: Vec<Op>,
+        seed: u64,
+    }
+
+    fn program() -> impl Strategy<Value = Program> {
+        (
+            prop::collection::vec(
+                (1usize..12, 1usize..9, 1usize..11).prop_map(|(r, c, d)| [r, c, d]),
+                1..4,
+            ),
+            0u8..3,
+            any::<bool>(),
+            prop::option::of((any::<bool>(), prop_oneof![Just(0.5f32), 0.05f32..2.0])),
+            any::<u64>(),
+        )
+            .prop_flat_map(|(shapes, updater, momentum, compression, seed)| {
+                let keys = shapes.len();
+                let op = prop_oneof![
+                    3 => (0..keys, any::<u64>()).prop_map(|(key, seed)| Op::Push { key, seed }),
+                    1 => (0..keys, any::<u64>()).prop_map(|(key, seed)| Op::PushPull { key, seed }),
+                    1 => (0..keys).prop_map(|key| Op::Pull { key }),
+                    1 => (0..keys, prop::collection::vec(0i64..12, 0..20))
+                        .prop_map(|(key, ids)| Op::RowSparsePull { key, ids }),
+                ];
+                prop::collection::vec(op, 1..25).prop_map(move |ops| Program {
+                    shapes: shapes.clone(),
+                    updater,
+                    momentum,
+                    compression,
+                    ops,
+                    seed,
+                })
+            })
+    }
+
+    fn gpu() -> Option<Arc<Gpu>> {
+        static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
+        GPU.get_or_init(|| Gpu::open(0).ok().map(Arc::new)).clone()
+    }
+
+    /// Deterministic values with a few specials.
+    fn sample(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                match x % 97 {
+                    0 => -0.0,
+                    1 => 1e-40,
+                    _ => ((x >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32,
+                }
+            })
+            .collect()
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+    }
+
+    fn optimizer(p: &Program) -> Option<Optimizer> {
+        match p.updater {
+            1 => Some(Optimizer::Sgd(Sgd {
+                learning_rate: 0.1,
+                momentum: if p.momentum { 0.9 } else { 0.0 },
+                wd: 0.01,
+                ..Sgd::default()
+            })),
+            2 => Some(Optimizer::Adam(Adam {
+                learning_rate: 0.01,
+                wd: 0.001,
+                clip_gradient: p.momentum.then_some(1.0),
+                ..Adam::default()
+            })),
+            _ => None,
+        }
+    }
+
+    fn run(gpu: Arc<Gpu>, p: &Program) -> Result<(), TestCaseError> {
+        let spec = kvstore::create_with(
+            "device",
+            Options {
+                backend: BackendKind::Spec,
+                workers: 1,
+            },
+        )
+        .unwrap();
+        let mut dev = DeviceStore::new(Arc::clone(&gpu));
+        let s = Arc::clone(gpu.stream());
+        if let Some(o) = optimizer(p) {
+            spec.set_optimizer(o.clone()).unwrap();
+            dev.set_updater(DeviceUpdater::Optimizer(o)).unwrap();
+        }
+        if let Some((two_bit, threshold)) = p.compression {
+            let kind = if two_bit {
+                CompressionType::TwoBit
+            } else {
+                CompressionType::OneBit
+            };
+            let c = Compression::new(kind, threshold).unwrap();
+            spec.set_gradient_compression(c).unwrap();
+            dev.set_compression(Codec::from(c));
+        }
+        for (key, shape) in p.shapes.iter().enumerate() {
+            let init = sample(shape[0] * shape[1], p.seed ^ key as u64);
+            spec.init(
+                key as i64,
+                Tensor::new(shape[..2].to_vec(), init.clone()).unwrap(),
+            )
+            .unwrap();
+            dev.init(key as i64, &shape[..2], &s.clone_htod(&init).unwrap())
+                .unwrap();
+        }
+        for op in &p.ops {
+            match op {
+                Op::Push { key, seed } | Op::PushPull { key, seed } => {
+                    let shape = p.shapes[*key];
+                    let n = shape[0] * shape[1];
+                    let grads: Vec<Vec<f32>> =
+                        (0..shape[2]).map(|d| sample(n, seed ^ d as u64)).collect();
+                    let arrays: Vec<NdArray> = grads
+                        .iter()
+                        .enumerate()
+                        .map(|(d, g)| {
+                            NdArray::new(
+                                Tensor::new(shape[..2].to_vec(), g.clone())
+                                    .unwrap()
+                                    .on(Device::Gpu(d as u32)),
+                            )
+                        })
+                        .collect();
+                    let on_device: Vec<CudaSlice<f32>> =
+                        grads.iter().map(|g| s.clone_htod(g).unwrap()).collect();
+                    let refs: Vec<&CudaSlice<f32>> = on_device.iter().collect();
+                    if matches!(op, Op::Push { .. }) {
+                        spec.push(*key as i64, &arrays).unwrap();
+                        dev.push(*key as i64, &refs).unwrap();
+                    } else {
+                        let out = NdArray::zeros(shape[..2].to_vec(), kvstore::DType::F32).unwrap();
+                        spec.pushpull(*key as i64, &arrays, &out).unwrap();
+                        let mut dout = s.alloc_zeros::<f32>(n).unwrap();
+                        dev.pushpull(*key as i64, &refs, &mut dout).unwrap();
+                        let got = dev.stream(*key as i64).unwrap().clone_dtoh(&dout).unwrap();
+                        prop_assert!(
+                            same_bits(&got, &out.to_f32()),
+                            "pushpull of key {} differs",
+                            key
+                        );
+                    }
+                }
+                Op::Pull { key } => {
+                    let shape = p.shapes[*key];
+                    let out = NdArray::zeros(shape[..2].to_vec(), kvstore::DType::F32).unwrap();
+                    spec.pull(*key as i64, &out).unwrap();
+                    let mut dout = s.alloc_zeros::<f32>(shape[0] * shape[1]).unwrap();
+                    dev.pull(*key as i64, &mut dout).unwrap();
+                    let got = dev.stream(*key as i64).unwrap().clone_dtoh(&dout).unwrap();
+                    prop_assert!(
+                        same_bits(&got, &out.to_f32()),
+                        "pull of key {} differs",
+                        key
+                    );
+                }
+                Op::RowSparsePull { key, ids } => {
+                    let shape = p.shapes[*key];
+                    let ids: Vec<i64> = ids.iter().map(|&i| i % shape[0] as i64).collect();
+                    let out =
+                        NdArray::row_sparse(shape[..2].to_vec(), kvstore::DType::F32).unwrap();
+                    spec.row_sparse_pull(*key as i64, &out, ids.clone())
+                        .unwrap();
+                    let want = match out.value() {
+                        kvstore::Value::RowSparse(r) => {
+                            (r.ids().to_vec(), r.f32s().unwrap().to_vec())
+                        }
+                        other => panic!("row_sparse_pull gave {other:?}"),
+                    };
+                    let got = if ids.is_empty() {
+                        (Vec::new(), Vec::new())
+                    } else {
+                        let rows = dev
+                            .row_sparse_pull(*key as i64, &s.clone_htod(&ids).unwrap())
+                            .unwrap();
+                        let ks = dev.stream(*key as i64).unwrap();
+                        (
+                            rows.ids
+                                .map(|d| ks.clone_dtoh(&d).unwrap())
+                                .unwrap_or_default(),
+                            rows.data
+                                .map(|d| ks.clone_dtoh(&d).unwrap())
+                                .unwrap_or_default(),
+                        )
+                    };
+                    prop_assert_eq!(&got.0, &want.0, "row ids of key {}", key);
+                    prop_assert!(same_bits(&got.1, &want.1), "rows of key {} differ", key);
+                }
+            }
+        }
+        dev.wait_all().unwrap();
+        spec.wait_all().unwrap();
+        Ok(())
+    }
+
+    #[test]
+    fn r77_device_store_matches_spec_on_random_programs() {
+        let Some(gpu) = gpu() else {
+            let why = Gpu::open(0).expect_err("no GPU");
+            assert!(
+                std::env::var_os("KVSTORE_REQUIRE_GPU").is_none(),
+                "a GPU is required here: {why}"
+            );
+            kvstore_cuda::report_skip("r77_device_store_matches_spec_on_random_programs", &why);
+            return;
+        };
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(200);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&program(), |p| run(Arc::clone(&gpu), &p))
+            .unwrap();
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn r77_device_store_matches_spec_on_random_programs() {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED r77_device_store_matches_spec_on_random_programs: built without the `cuda` feature"
+    );
+}
