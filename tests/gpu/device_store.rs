@@ -274,3 +274,22 @@ fn r77_device_store_matches_spec_on_random_programs() {
         "SKIPPED r77_device_store_matches_spec_on_random_programs: built without the `cuda` feature"
     );
 }
+
+/// A CUDA store where there is no GPU (or no `cuda` feature) is an `UnsupportedKind` error
+/// that says why, not a panic.
+#[test]
+fn r77_a_cuda_store_without_a_gpu_is_a_typed_error() {
+    let options = kvstore::Options {
+        backend: kvstore::BackendKind::Cuda,
+        workers: 1,
+    };
+    let gpu_here = cfg!(feature = "cuda") && std::env::var_os("KVSTORE_REQUIRE_GPU").is_some();
+    match kvstore::create_with("local", options) {
+        Ok(_) => assert!(gpu_here, "a CUDA store opened without a GPU"),
+        Err(kvstore::Error::UnsupportedKind { kind, reason }) => {
+            assert_eq!(kind, "cuda");
+            assert!(!reason.is_empty());
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}

@@ -14,6 +14,8 @@ pub enum Backend {
     Cpu,
     /// The dependency engine with the spec's reference code as its backend.
     EngineSpec,
+    /// The dependency engine with the CUDA backend on GPU 0 (built with feature `cuda`).
+    Cuda,
 }
 
 impl From<Backend> for kvstore::BackendKind {
@@ -22,6 +24,7 @@ impl From<Backend> for kvstore::BackendKind {
             Backend::Spec => kvstore::BackendKind::Spec,
             Backend::Cpu => kvstore::BackendKind::Cpu,
             Backend::EngineSpec => kvstore::BackendKind::EngineSpec,
+            Backend::Cuda => kvstore::BackendKind::Cuda,
         }
     }
 }

@@ -62,3 +62,25 @@ fn r77_without_the_cuda_feature_the_gpu_is_a_typed_error() {
         Err(kvstore_cuda::CudaError::NotBuilt)
     );
 }
+
+/// Opening a GPU that is not there is a typed error, not a panic: on a machine without CUDA
+/// the missing library is named; with CUDA, an ordinal past the last device is `NoDevice`.
+#[cfg(feature = "cuda")]
+#[test]
+fn r77_opening_a_missing_gpu_is_a_typed_error() {
+    use kvstore_cuda::{CudaError, Gpu};
+    let missing = Gpu::open(4096).expect_err("no machine has 4097 GPUs");
+    match kvstore_cuda::probe() {
+        Ok(info) => assert_eq!(
+            missing,
+            CudaError::NoDevice {
+                ordinal: 4096,
+                count: info.count
+            }
+        ),
+        Err(why) => {
+            assert!(matches!(why, CudaError::MissingLibrary { .. }), "{why}");
+            assert_eq!(missing, why);
+        }
+    }
+}
