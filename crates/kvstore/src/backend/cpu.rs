@@ -1,6 +1,7 @@
 //! The CPU backend: f32 work on vectorised, multi-core kernels (crate `kvstore-cpu`), each
 //! bit-exact with the spec; other dtypes and rare mixes go to the spec's reference code.
 
+use super::values::{dense_f32s, sparse_f32s};
 use super::{Backend, SpecBackend};
 use kvstore_cpu::{
     AdaGradParams, AdamParams, Codec, FtrlParams, NagParams, RmsPropParams, RmsPropState, SgdParams,
@@ -103,26 +104,6 @@ fn take_sparse_parts(value: &mut Value) -> Result<(Vec<i64>, Vec<f32>)> {
     Ok((ids, data))
 }
 
-fn dense_f32_values<'a>(values: &[&'a Value]) -> Option<Vec<&'a [f32]>> {
-    values
-        .iter()
-        .map(|v| match v {
-            Value::Dense(t) => t.f32s(),
-            Value::RowSparse(_) => None,
-        })
-        .collect()
-}
-
-fn sparse_f32_values<'a>(values: &[&'a Value]) -> Option<Vec<(&'a [i64], &'a [f32])>> {
-    values
-        .iter()
-        .map(|v| match v {
-            Value::RowSparse(r) => r.f32s().map(|d| (r.ids(), d)),
-            Value::Dense(_) => None,
-        })
-        .collect()
-}
-
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
         "cpu"
@@ -141,11 +122,11 @@ impl Backend for CpuBackend {
                 return kvstore_cpu::sum_into(out, &[src]).map_err(kernel);
             }
         }
-        if let Some(inputs) = dense_f32_values(values) {
+        if let Some(inputs) = dense_f32s(values) {
             let out = dense_f32(merged, first.shape(), first.device())?;
             return kvstore_cpu::sum_into(out, &inputs).map_err(kernel);
         }
-        if let Some(inputs) = sparse_f32_values(values) {
+        if let Some(inputs) = sparse_f32s(values) {
             let shape = first.shape().to_vec();
             let row_len = shape.iter().skip(1).product();
             let (mut ids, mut data) = take_sparse_parts(merged)?;
@@ -163,7 +144,7 @@ impl Backend for CpuBackend {
         residuals: &mut [&mut Vec<f32>],
         merged: &mut Value,
     ) -> Result<()> {
-        let (Some(first), Some(grads)) = (values.first(), dense_f32_values(values)) else {
+        let (Some(first), Some(grads)) = (values.first(), dense_f32s(values)) else {
             return SpecBackend.compress_reduce(compression, values, residuals, merged);
         };
         for (residual, grad) in residuals.iter_mut().zip(&grads) {

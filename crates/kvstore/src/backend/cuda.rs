@@ -10,6 +10,7 @@
 //! scatter-add), compressed reduces, `row_sparse_pull` gathers, SGD and Adam. Everything else
 //! (other dtypes, other optimizers, plain copies, empty arrays) goes to the [`CpuBackend`].
 
+use super::values::{dense_f32s, sparse_f32s};
 use super::{Backend, CpuBackend};
 use kvstore_cpu::{AdamParams, Codec, SgdParams};
 use kvstore_cuda::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
@@ -182,26 +183,6 @@ fn up<T: DeviceRepr>(
     host: &[T],
 ) -> std::result::Result<CudaSlice<T>, CudaError> {
     Ok(s.clone_htod(host)?)
-}
-
-fn dense_f32s<'a>(values: &[&'a Value]) -> Option<Vec<&'a [f32]>> {
-    values
-        .iter()
-        .map(|v| match v {
-            Value::Dense(t) => t.f32s(),
-            Value::RowSparse(_) => None,
-        })
-        .collect()
-}
-
-fn sparse_f32s<'a>(values: &[&'a Value]) -> Option<Vec<(&'a [i64], &'a [f32])>> {
-    values
-        .iter()
-        .map(|v| match v {
-            Value::RowSparse(r) => r.f32s().map(|d| (r.ids(), d)),
-            Value::Dense(_) => None,
-        })
-        .collect()
 }
 
 impl Backend for CudaBackend {

@@ -11,6 +11,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod reference;
+mod values;
 
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
