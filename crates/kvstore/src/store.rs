@@ -93,11 +93,16 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
+        // Asked once per process: `available_parallelism` reads cgroup files on Linux, which
+        // cost more than creating a small store.
+        static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         Options {
             backend: BackendKind::default(),
-            workers: std::thread::available_parallelism()
-                .map(|n| n.get().clamp(2, 8))
-                .unwrap_or(2),
+            workers: *WORKERS.get_or_init(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get().clamp(2, 8))
+                    .unwrap_or(2)
+            }),
         }
     }
 }

@@ -352,8 +352,10 @@ impl<B: Backend> EngineStore<B> {
         type Collected = (
             BTreeMap<Key, Value>,
             BTreeMap<(Key, Device, usize), Residual>,
+            BTreeMap<Key, State>,
         );
-        let (values, residuals) = self.read_every_key(
+        // One engine trip reads values, residuals and optimizer states together.
+        let (values, residuals, mut states) = self.read_every_key(
             &front,
             |slot, data, acc: &mut Collected| {
                 acc.0.insert(slot.key.clone(), data.value.clone());
@@ -363,14 +365,22 @@ impl<B: Backend> EngineStore<B> {
                         Residual(r.clone()),
                     );
                 }
+                if let Some(state) = &data.state {
+                    acc.2.insert(slot.key.clone(), state.clone());
+                }
             },
-            (BTreeMap::new(), BTreeMap::new()),
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new()),
         )?;
         let optimizer = match &front.updater {
-            Some(UpdaterRef::Optimizer(o)) => Some(OptimizerUpdater::with_states(
-                Optimizer::clone(o),
-                self.states(&front)?,
-            )?),
+            Some(UpdaterRef::Optimizer(o)) => {
+                states.extend(
+                    front
+                        .orphan_states
+                        .iter()
+                        .map(|(k, s)| (k.clone(), s.clone())),
+                );
+                Some(OptimizerUpdater::with_states(Optimizer::clone(o), states)?)
+            }
             _ => None,
         };
         Ok(Observable {
