@@ -426,6 +426,28 @@ fn r45_non_finite_optimizer_parameters_survive_the_trace_format() {
     assert_eq!(trace::variant_name(&live), "InvalidOptimizer");
 }
 
+/// A placeholder may take at most 1 GiB (`MAX_PLACEHOLDER_BYTES`): a trace line must not make
+/// the reader allocate without bound (R35, docs/trace-format.md).
+#[test]
+fn r35_a_trace_placeholder_beyond_the_size_limit_is_an_error() {
+    // A valid but huge shape used to be allocated in full (and abort on the failed allocation).
+    let line = r#"{"op":"pull","key":1,"out":{"shape":[1000000000000]}}"#;
+    let error = trace::parse(line).unwrap_err();
+    assert_eq!(error.line, 1);
+    assert!(error.message.contains("exceeds the trace limit"), "{error}");
+    // The limit counts bytes: one element past 2^28 float32 (or 2^27 float64) elements is
+    // refused; 2^28 float16 elements take half the limit and are read.
+    let at = |shape: &str, dtype: &str| {
+        trace::parse(&format!(
+            r#"{{"op":"pull","key":1,"out":{{"shape":{shape},"dtype":"{dtype}"}}}}"#
+        ))
+    };
+    assert!(at("[268435457]", "float32").is_err());
+    assert!(at("[134217729]", "float64").is_err());
+    assert!(at("[4, 1024]", "float64").is_ok());
+    assert!(at("[268435456]", "float16").is_ok());
+}
+
 /// Found by the `trace` fuzz target: a placeholder (no `data`) whose shape's element count
 /// overflows panicked while computing its zeros; it is an unreadable line now (R35).
 #[test]

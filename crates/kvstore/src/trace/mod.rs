@@ -26,3 +26,4 @@ pub use record::Recorder;
 pub use replay::{
     parse, replay_text, replay_text_with, variant_name, Outcome, ParseError, Replayer,
 };
+pub use tensor::MAX_PLACEHOLDER_BYTES;

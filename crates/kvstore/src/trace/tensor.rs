@@ -4,6 +4,29 @@
 use kvstore_spec::{numel, DType, Data, Device, RowSparse, Tensor, Value};
 use serde_json::{json, Map, Number, Value as Json};
 
+/// The most bytes a dense placeholder (an output without `data`) may take: a trace line must
+/// not make the reader allocate without bound (docs/trace-format.md).
+pub const MAX_PLACEHOLDER_BYTES: usize = 1 << 30;
+
+/// The zeros of a dense placeholder, refused beyond [`MAX_PLACEHOLDER_BYTES`].
+fn placeholder_zeros(dtype: DType, shape: &[usize]) -> Result<Data, String> {
+    // `numel`: a shape whose element count overflows is an error, not a panic.
+    let n = numel(shape).map_err(|e| e.to_string())?;
+    let width = match dtype {
+        DType::F16 | DType::BF16 => 2,
+        DType::F32 => 4,
+        DType::F64 => 8,
+    };
+    if n.saturating_mul(width) > MAX_PLACEHOLDER_BYTES {
+        return Err(format!(
+            "a placeholder of shape {shape:?} ({n} {} elements) exceeds the trace limit of \
+             {MAX_PLACEHOLDER_BYTES} bytes; give its data or a smaller shape",
+            dtype.name()
+        ));
+    }
+    Ok(Data::zeros(dtype, n))
+}
+
 /// Reads a tensor object; without `data` it is a placeholder (zeros, or no rows).
 pub fn read(json: &Json) -> Result<Value, String> {
     let obj = json.as_object().ok_or("a tensor must be a JSON object")?;
@@ -27,8 +50,7 @@ pub fn read(json: &Json) -> Result<Value, String> {
         None | Some(Some("default")) | Some(Some("dense")) => {
             let data = match data {
                 Some(data) => data,
-                // `numel`: a shape whose element count overflows is an error, not a panic.
-                None => Data::zeros(dtype, numel(&shape).map_err(|e| e.to_string())?),
+                None => placeholder_zeros(dtype, &shape)?,
             };
             Value::Dense(Tensor::new(shape, data).map_err(|e| e.to_string())?)
         }
