@@ -1,14 +1,14 @@
 //! kvstore's CUDA backend.
 //!
-//! With the `cuda` feature, [`Gpu`] opens a device, compiles the kernels with NVRTC at first use
+//! With the `cuda` feature, `Gpu` opens a device, compiles the kernels with NVRTC at first use
 //! (a cubin for the device's architecture, `--fmad=false`, cached per process) and runs a
 //! store's device work on streams the caller picks: the K-way reduce in list order, 2-bit and
 //! 1-bit quantisation with residuals, dequantise(-accumulate), row gathers and scatters, the id
 //! sort and dedup of `row_sparse_pull`, and SGD and Adam, also fused into the merge.
-//! [`DeviceStore`] keeps a store's values, merge buffers and residuals on the device, one stream
+//! `DeviceStore` keeps a store's values, merge buffers and residuals on the device, one stream
 //! per key. Every result is bit-exact with the specification (`tests/` checks it on a GPU).
 //!
-//! Without the feature, or on a machine without CUDA, [`probe`] and [`Gpu::open`] return a
+//! Without the feature, or on a machine without CUDA, [`probe`] and `Gpu::open` return a
 //! [`CudaError`]; nothing panics.
 //!
 //! ```
