@@ -875,7 +875,7 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<(), CudaError> {
 }
 
 /// `slot`'s buffer, reallocated only when its length is not `len` (a table of another size).
-fn reuse<'a, T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+pub(crate) fn reuse<'a, T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     stream: &Arc<CudaStream>,
     slot: &'a mut Option<CudaSlice<T>>,
     len: usize,

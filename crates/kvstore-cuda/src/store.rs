@@ -7,7 +7,7 @@
 //! rules are the specification's for a `device` store with one f32 dense value per key (R17,
 //! R25, R30-R32, R38-R42, R45, R46, R73), which `tests/` checks bit for bit.
 
-use crate::gpu::{Gpu, IdScratch, MAX_FUSED_INPUTS};
+use crate::gpu::{reuse, Gpu, IdScratch, MAX_FUSED_INPUTS};
 use crate::CudaError;
 use cudarc::driver::{CudaSlice, CudaStream};
 use kvstore_cpu::{AdamParams, Codec, SgdParams};
@@ -190,7 +190,7 @@ impl DeviceStore {
                 let lr = o.step_lr(k.updates);
                 let fused = compression.is_none() && grads.len() <= MAX_FUSED_INPUTS;
                 if !fused && compression.is_none() {
-                    let merge = merge_buffer(&stream, &mut k.merge, n)?;
+                    let merge = reuse(&stream, &mut k.merge, n)?;
                     gpu.reduce(&stream, merge, grads)?;
                 }
                 let result = Self::step(&gpu, &stream, o, lr, k, fused.then_some(grads));
@@ -215,14 +215,8 @@ impl DeviceStore {
             k.residuals.push(stream.alloc_zeros::<f32>(n)?);
         }
         let bytes = Gpu::compressed_bytes(codec, n);
-        if k.packed.as_ref().is_none_or(|p| p.len() != bytes) {
-            k.packed = Some(stream.alloc_zeros::<u8>(bytes)?);
-        }
-        let packed = k
-            .packed
-            .as_mut()
-            .ok_or_else(|| invalid("lost the packed buffer".into()))?;
-        let merge = merge_buffer(stream, &mut k.merge, n)?;
+        let packed = reuse(stream, &mut k.packed, bytes)?;
+        let merge = reuse(stream, &mut k.merge, n)?;
         for (i, (g, r)) in grads.iter().zip(k.residuals.iter_mut()).enumerate() {
             if bytes == 0 {
                 break;
@@ -391,17 +385,4 @@ fn same_gpu(gpu: &Gpu, ordinals: impl Iterator<Item = usize>) -> Result<(), Cuda
         }
     }
     Ok(())
-}
-
-/// The merge buffer of a key, allocated at its first use.
-fn merge_buffer<'a>(
-    stream: &Arc<CudaStream>,
-    slot: &'a mut Option<CudaSlice<f32>>,
-    n: usize,
-) -> Result<&'a mut CudaSlice<f32>, CudaError> {
-    if slot.as_ref().is_none_or(|m| m.len() != n) {
-        *slot = Some(stream.alloc_zeros::<f32>(n)?);
-    }
-    slot.as_mut()
-        .ok_or_else(|| invalid("lost the merge buffer".into()))
 }
