@@ -4,6 +4,11 @@
 //! updater, SGD or Adam), pull and row_sparse_pull (ids unsorted, repeated). Every pulled
 //! value must equal the spec's bit for bit (R60).
 //!
+//! R78: the same programs with every buffer the caller hands over (initial values, gradients,
+//! pull outputs, row ids) placed at random in a second CUDA context on the same GPU, so each
+//! crossing is a peer copy (`cuMemCpyPeerAsync`) with its cross-context ordering: the code path
+//! of several GPUs, run on one.
+//!
 //! Needs the `cuda` feature and a GPU; otherwise it prints one `SKIPPED` line naming why
 //! (`KVSTORE_REQUIRE_GPU=1` makes that a failure).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,7 +17,7 @@
 mod on_gpu {
     use kvstore::{BackendKind, Compression, CompressionType, Device, NdArray, Options, Tensor};
     use kvstore_cpu::Codec;
-    use kvstore_cuda::cudarc::driver::CudaSlice;
+    use kvstore_cuda::cudarc::driver::{CudaContext, CudaSlice, CudaStream};
     use kvstore_cuda::{DeviceStore, DeviceUpdater, Gpu};
     use kvstore_spec::optimizer::{Adam, Optimizer, Sgd};
     use proptest::prelude::*;
@@ -20,10 +25,26 @@ mod on_gpu {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Push { key: usize, seed: u64 },
-        PushPull { key: usize, seed: u64 },
-        Pull { key: usize },
-        RowSparsePull { key: usize, ids: Vec<i64> },
+        Push {
+            key: usize,
+            seed: u64,
+        },
+        PushPull {
+            key: usize,
+            seed: u64,
+        },
+        Pull {
+            key: usize,
+        },
+        /// A pushpull whose output has the wrong size: refused, and nothing pushed (R7).
+        RefusedPushPull {
+            key: usize,
+            seed: u64,
+        },
+        RowSparsePull {
+            key: usize,
+            ids: Vec<i64>,
+        },
     }
 
     #[derive(Debug, Clone)]
@@ -36,6 +57,8 @@ mod on_gpu {
         compression: Option<(bool, f32)>,
         ops: Vec<Op>,
         seed: u64,
+        /// Bit i % 64: whether the i-th buffer handed over lives in the other context (R78).
+        placement: u64,
     }
 
     fn program() -> impl Strategy<Value = Program> {
@@ -48,13 +71,16 @@ mod on_gpu {
             any::<bool>(),
             prop::option::of((any::<bool>(), prop_oneof![Just(0.5f32), 0.05f32..2.0])),
             any::<u64>(),
+            any::<u64>(),
         )
-            .prop_flat_map(|(shapes, updater, momentum, compression, seed)| {
+            .prop_flat_map(|(shapes, updater, momentum, compression, seed, placement)| {
                 let keys = shapes.len();
                 let op = prop_oneof![
                     3 => (0..keys, any::<u64>()).prop_map(|(key, seed)| Op::Push { key, seed }),
                     1 => (0..keys, any::<u64>()).prop_map(|(key, seed)| Op::PushPull { key, seed }),
                     1 => (0..keys).prop_map(|key| Op::Pull { key }),
+                    1 => (0..keys, any::<u64>())
+                        .prop_map(|(key, seed)| Op::RefusedPushPull { key, seed }),
                     1 => (0..keys, prop::collection::vec(0i64..12, 0..20))
                         .prop_map(|(key, ids)| Op::RowSparsePull { key, ids }),
                 ];
@@ -65,6 +91,7 @@ mod on_gpu {
                     compression,
                     ops,
                     seed,
+                    placement,
                 })
             })
     }
@@ -116,7 +143,39 @@ mod on_gpu {
         }
     }
 
-    fn run(gpu: Arc<Gpu>, p: &Program) -> Result<(), TestCaseError> {
+    /// Where the caller's buffers go: the store's own context, or (with `other`) each one by
+    /// the program's placement bits into either context.
+    struct Places<'a> {
+        home: Arc<CudaStream>,
+        other: Option<&'a Arc<CudaStream>>,
+        placement: u64,
+        next: std::cell::Cell<u32>,
+    }
+
+    impl Places<'_> {
+        fn pick(&self) -> Arc<CudaStream> {
+            let i = self.next.get();
+            self.next.set(i.wrapping_add(1));
+            match self.other {
+                Some(o) if (self.placement >> (i % 64)) & 1 == 1 => Arc::clone(o),
+                _ => Arc::clone(&self.home),
+            }
+        }
+    }
+
+    /// A buffer's contents on the host, read on its own stream (cudarc orders the read after
+    /// the work that wrote it).
+    fn read<T: kvstore_cuda::cudarc::driver::DeviceRepr + Default + Clone>(
+        d: &CudaSlice<T>,
+    ) -> Vec<T> {
+        d.stream().clone_dtoh(d).unwrap()
+    }
+
+    fn run(
+        gpu: Arc<Gpu>,
+        other: Option<&Arc<CudaStream>>,
+        p: &Program,
+    ) -> Result<(), TestCaseError> {
         let spec = kvstore::create_with(
             "device",
             Options {
@@ -126,7 +185,12 @@ mod on_gpu {
         )
         .unwrap();
         let mut dev = DeviceStore::new(Arc::clone(&gpu));
-        let s = Arc::clone(gpu.stream());
+        let places = Places {
+            home: Arc::clone(gpu.stream()),
+            other,
+            placement: p.placement,
+            next: std::cell::Cell::new(0),
+        };
         if let Some(o) = optimizer(p) {
             spec.set_optimizer(o.clone()).unwrap();
             dev.set_updater(DeviceUpdater::Optimizer(o)).unwrap();
@@ -148,8 +212,12 @@ mod on_gpu {
                 Tensor::new(shape[..2].to_vec(), init.clone()).unwrap(),
             )
             .unwrap();
-            dev.init(key as i64, &shape[..2], &s.clone_htod(&init).unwrap())
-                .unwrap();
+            dev.init(
+                key as i64,
+                &shape[..2],
+                &places.pick().clone_htod(&init).unwrap(),
+            )
+            .unwrap();
         }
         for op in &p.ops {
             match op {
@@ -169,8 +237,10 @@ mod on_gpu {
                             )
                         })
                         .collect();
-                    let on_device: Vec<CudaSlice<f32>> =
-                        grads.iter().map(|g| s.clone_htod(g).unwrap()).collect();
+                    let on_device: Vec<CudaSlice<f32>> = grads
+                        .iter()
+                        .map(|g| places.pick().clone_htod(g).unwrap())
+                        .collect();
                     let refs: Vec<&CudaSlice<f32>> = on_device.iter().collect();
                     if matches!(op, Op::Push { .. }) {
                         spec.push(*key as i64, &arrays).unwrap();
@@ -178,9 +248,9 @@ mod on_gpu {
                     } else {
                         let out = NdArray::zeros(shape[..2].to_vec(), kvstore::DType::F32).unwrap();
                         spec.pushpull(*key as i64, &arrays, &out).unwrap();
-                        let mut dout = s.alloc_zeros::<f32>(n).unwrap();
+                        let mut dout = places.pick().alloc_zeros::<f32>(n).unwrap();
                         dev.pushpull(*key as i64, &refs, &mut dout).unwrap();
-                        let got = dev.stream(*key as i64).unwrap().clone_dtoh(&dout).unwrap();
+                        let got = read(&dout);
                         prop_assert!(
                             same_bits(&got, &out.to_f32()),
                             "pushpull of key {} differs",
@@ -188,13 +258,36 @@ mod on_gpu {
                         );
                     }
                 }
+                Op::RefusedPushPull { key, seed } => {
+                    let shape = p.shapes[*key];
+                    let n = shape[0] * shape[1];
+                    let grads: Vec<CudaSlice<f32>> = (0..shape[2])
+                        .map(|d| {
+                            places
+                                .pick()
+                                .clone_htod(&sample(n, seed ^ d as u64))
+                                .unwrap()
+                        })
+                        .collect();
+                    let refs: Vec<&CudaSlice<f32>> = grads.iter().collect();
+                    let mut dout = places.pick().alloc_zeros::<f32>(n + 1).unwrap();
+                    prop_assert!(
+                        dev.pushpull(*key as i64, &refs, &mut dout).is_err(),
+                        "a pushpull into {} elements for a key of {} was accepted",
+                        n + 1,
+                        n
+                    );
+                }
                 Op::Pull { key } => {
                     let shape = p.shapes[*key];
                     let out = NdArray::zeros(shape[..2].to_vec(), kvstore::DType::F32).unwrap();
                     spec.pull(*key as i64, &out).unwrap();
-                    let mut dout = s.alloc_zeros::<f32>(shape[0] * shape[1]).unwrap();
+                    let mut dout = places
+                        .pick()
+                        .alloc_zeros::<f32>(shape[0] * shape[1])
+                        .unwrap();
                     dev.pull(*key as i64, &mut dout).unwrap();
-                    let got = dev.stream(*key as i64).unwrap().clone_dtoh(&dout).unwrap();
+                    let got = read(&dout);
                     prop_assert!(
                         same_bits(&got, &out.to_f32()),
                         "pull of key {} differs",
@@ -218,16 +311,11 @@ mod on_gpu {
                         (Vec::new(), Vec::new())
                     } else {
                         let rows = dev
-                            .row_sparse_pull(*key as i64, &s.clone_htod(&ids).unwrap())
+                            .row_sparse_pull(*key as i64, &places.pick().clone_htod(&ids).unwrap())
                             .unwrap();
-                        let ks = dev.stream(*key as i64).unwrap();
                         (
-                            rows.ids
-                                .map(|d| ks.clone_dtoh(&d).unwrap())
-                                .unwrap_or_default(),
-                            rows.data
-                                .map(|d| ks.clone_dtoh(&d).unwrap())
-                                .unwrap_or_default(),
+                            rows.ids.map(|d| read(&d)).unwrap_or_default(),
+                            rows.data.map(|d| read(&d)).unwrap_or_default(),
                         )
                     };
                     prop_assert_eq!(&got.0, &want.0, "row ids of key {}", key);
@@ -240,39 +328,78 @@ mod on_gpu {
         Ok(())
     }
 
-    #[test]
-    fn r77_device_store_matches_spec_on_random_programs() {
-        let Some(gpu) = gpu() else {
-            let why = Gpu::open(0).expect_err("no GPU");
-            assert!(
-                std::env::var_os("KVSTORE_REQUIRE_GPU").is_none(),
-                "a GPU is required here: {why}"
-            );
-            kvstore_cuda::report_skip("r77_device_store_matches_spec_on_random_programs", &why);
-            return;
-        };
+    /// The GPU, or `None` after printing why this test cannot run (`KVSTORE_REQUIRE_GPU=1`
+    /// makes a missing GPU a failure).
+    fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
+        if let Some(gpu) = gpu() {
+            return Some(gpu);
+        }
+        let why = Gpu::open(0).expect_err("no GPU");
+        assert!(
+            std::env::var_os("KVSTORE_REQUIRE_GPU").is_none(),
+            "a GPU is required here: {why}"
+        );
+        kvstore_cuda::report_skip(test, &why);
+        None
+    }
+
+    fn runner(default_cases: u32) -> proptest::test_runner::TestRunner {
         let cases = std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|c| c.parse().ok())
-            .unwrap_or(200);
-        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            .unwrap_or(default_cases);
+        proptest::test_runner::TestRunner::new(ProptestConfig {
             cases,
             ..ProptestConfig::default()
-        });
-        runner
-            .run(&program(), |p| run(Arc::clone(&gpu), &p))
+        })
+    }
+
+    #[test]
+    fn r77_device_store_matches_spec_on_random_programs() {
+        let Some(gpu) = gpu_or_skip("r77_device_store_matches_spec_on_random_programs") else {
+            return;
+        };
+        runner(200)
+            .run(&program(), |p| run(Arc::clone(&gpu), None, &p))
+            .unwrap();
+    }
+
+    #[test]
+    fn r78_device_store_takes_values_from_another_context() {
+        let test = "r78_device_store_takes_values_from_another_context";
+        let Some(gpu) = gpu_or_skip(test) else {
+            return;
+        };
+        // A second context on the same GPU: buffers there cross contexts exactly as buffers
+        // on another GPU do (what one GPU cannot show is the copy over NVLink or PCIe).
+        let other = CudaContext::new_non_primary(0, 0)
+            .and_then(|c| c.new_stream())
+            .unwrap();
+        runner(200)
+            .run(&program(), |p| run(Arc::clone(&gpu), Some(&other), &p))
             .unwrap();
     }
 }
 
 #[cfg(not(feature = "cuda"))]
-#[test]
-fn r77_device_store_matches_spec_on_random_programs() {
+fn skip_without_feature(test: &str) {
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED r77_device_store_matches_spec_on_random_programs: built without the `cuda` feature"
+        "SKIPPED {test}: built without the `cuda` feature"
     );
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn r77_device_store_matches_spec_on_random_programs() {
+    skip_without_feature("r77_device_store_matches_spec_on_random_programs");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn r78_device_store_takes_values_from_another_context() {
+    skip_without_feature("r78_device_store_takes_values_from_another_context");
 }
 
 /// A CUDA store where there is no GPU (or no `cuda` feature) is an `UnsupportedKind` error

@@ -43,6 +43,25 @@ step equivalence 120 env PROPTEST_CASES="${EQUIVALENCE_CASES:-3000}" $bin/equiva
 step bench 150 $bin/kvstore-gpu-bench --sweep --out "$out/kvstore_bench.json"
 step torch 200 env PYTHONUNBUFFERED=1 python3 .gpu/torch_bench.py --out "$out/torch_bench.json"
 python3 .gpu/report.py "$out/kvstore_bench.json" "$out/torch_bench.json" | tee "$out/report.md"
+# The results so far reach $OUT before the slower diagnostics below, in case the run is cut off.
+cp "$out/log.txt" "$out/report.md" "$final/" 2>/dev/null
+cp "$out"/*.json "$final/" 2>/dev/null
+# compute-sanitizer (where the machine's runtime allows it): out-of-bounds or misaligned
+# accesses and races inside the kernels, on a few cases of each suite.
+if command -v compute-sanitizer >/dev/null; then
+  for tool in memcheck racecheck; do
+    step "sanitize_${tool}_ops" 60 env PROPTEST_CASES=4 compute-sanitizer --tool $tool --error-exitcode 9 $bin/device_ops
+  done
+  step sanitize_memcheck_store 60 env PROPTEST_CASES=8 compute-sanitizer --tool memcheck --error-exitcode 9 $bin/device_store
+fi
+# Nsight Compute on kvstore's K = 4 reduce and on torch.compile's, for what the timings cannot
+# say (achieved DRAM bandwidth, loads in flight, occupancy); clocks left as they are.
+ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if [ -n "$ncu_bin" ] && [ "${NCU:-1}" = 1 ]; then
+  sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats"
+  step ncu_kvstore 45 "$ncu_bin" --clock-control none -k regex:reduce8 -c 2 $sections $bin/kvstore-gpu-bench --reps 1
+  step ncu_torch 90 env PYTHONUNBUFFERED=1 "$ncu_bin" --clock-control none -k regex:triton -c 2 $sections python3 .gpu/torch_bench.py --cases reduce --out /dev/null
+fi
 echo "== done, status $status" | tee -a "$out/log.txt"
 cp "$out/log.txt" "$out/report.md" "$final/" 2>/dev/null
 cp "$out"/*.json "$final/" 2>/dev/null

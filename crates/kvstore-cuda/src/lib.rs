@@ -31,6 +31,8 @@ pub mod module;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 #[cfg(feature = "cuda")]
+mod peer;
+#[cfg(feature = "cuda")]
 mod store;
 
 #[cfg(feature = "cuda")]

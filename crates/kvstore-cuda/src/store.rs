@@ -6,14 +6,19 @@
 //! into a caller's buffer, a gradient written elsewhere) after the work that wrote it. The
 //! rules are the specification's for a `device` store with one f32 dense value per key (R17,
 //! R25, R30-R32, R38-R42, R45, R46, R73), which `tests/` checks bit for bit.
+//!
+//! Values may live on other GPUs (R78): a gradient from another context is peer-copied into a
+//! staging buffer on the store's GPU and merged there in list order, so the sum is the same;
+//! a pull into another GPU's buffer is a peer copy out.
 
 use crate::gpu::{reuse, Gpu, IdScratch, MAX_FUSED_INPUTS};
+use crate::peer::{self, is_foreign};
 use crate::CudaError;
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use kvstore_cpu::{AdamParams, Codec, SgdParams};
 use kvstore_spec::optimizer::Optimizer;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What a push does with the merged gradient.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +48,8 @@ struct Key {
     residuals: Vec<CudaSlice<f32>>,
     packed: Option<CudaSlice<u8>>,
     slots: Vec<CudaSlice<f32>>,
+    /// Per device: where a gradient from another GPU lands before the merge.
+    staging: Vec<Option<CudaSlice<f32>>>,
     updates: u64,
 }
 
@@ -60,6 +67,8 @@ pub struct DeviceStore {
     updater: DeviceUpdater,
     compression: Option<Codec>,
     scratch: IdScratch,
+    /// Other contexts values came from, with peer access already asked for.
+    peers: Mutex<Vec<Arc<CudaContext>>>,
 }
 
 fn invalid(message: String) -> CudaError {
@@ -75,6 +84,7 @@ impl DeviceStore {
             updater: DeviceUpdater::Assign,
             compression: None,
             scratch: IdScratch::default(),
+            peers: Mutex::new(Vec::new()),
         }
     }
 
@@ -126,9 +136,9 @@ impl DeviceStore {
                 value.len()
             )));
         }
-        same_gpu(&self.gpu, [value.ordinal()].into_iter())?;
+        self.meet([value.context()].into_iter());
         let stream = self.gpu.new_stream()?;
-        let copy = stream.clone_dtod(value)?;
+        let copy = peer::clone_in(&stream, value)?;
         self.keys.insert(
             key,
             Key {
@@ -139,6 +149,7 @@ impl DeviceStore {
                 residuals: Vec::new(),
                 packed: None,
                 slots: Vec::new(),
+                staging: Vec::new(),
                 updates: 0,
             },
         );
@@ -146,8 +157,11 @@ impl DeviceStore {
     }
 
     /// Pushes one gradient per device (list order is the sum's order, R17) into `key`.
-    /// Arguments are checked before any work is enqueued: a refused push changes nothing.
+    /// Gradients on other GPUs are peer-copied to the key's GPU first (R78). Arguments are
+    /// checked before any work is enqueued: a refused push changes nothing.
     pub fn push(&mut self, key: i64, grads: &[&CudaSlice<f32>]) -> Result<(), CudaError> {
+        self.check_push(key, grads)?;
+        self.meet(grads.iter().map(|g| g.context()));
         let gpu = Arc::clone(&self.gpu);
         let compression = self.compression;
         let updater = self.updater.clone();
@@ -155,22 +169,28 @@ impl DeviceStore {
             .keys
             .get_mut(&key)
             .ok_or_else(|| invalid(format!("key {key} is not initialised")))?;
+        // The staging buffers leave the key while the staged gradients borrow them.
+        let mut staging = std::mem::take(&mut k.staging);
+        let result = stage(&k.stream, &mut staging, grads)
+            .and_then(|staged| Self::merge(&gpu, compression, &updater, k, &staged));
+        k.staging = staging;
+        result
+    }
+
+    /// The push of `grads` (all on the key's GPU) into `k`.
+    fn merge(
+        gpu: &Gpu,
+        compression: Option<Codec>,
+        updater: &DeviceUpdater,
+        k: &mut Key,
+        grads: &[&CudaSlice<f32>],
+    ) -> Result<(), CudaError> {
         let n = k.value.len();
-        if grads.is_empty() {
-            return Err(invalid("a push needs at least one value".into()));
-        }
-        if let Some(g) = grads.iter().find(|g| g.len() != n) {
-            return Err(invalid(format!(
-                "a pushed value has {} elements, the key {n}",
-                g.len()
-            )));
-        }
-        same_gpu(&gpu, grads.iter().map(|g| g.ordinal()))?;
         let stream = Arc::clone(&k.stream);
         if let Some(codec) = compression {
-            Self::compressed_merge(&gpu, &stream, codec, k, grads)?;
+            Self::compressed_merge(gpu, &stream, codec, k, grads)?;
         }
-        match (&updater, compression) {
+        match (updater, compression) {
             (DeviceUpdater::Assign, None) => gpu.reduce(&stream, &mut k.value, grads),
             (DeviceUpdater::Assign, Some(_)) => {
                 let merge = k
@@ -193,11 +213,24 @@ impl DeviceStore {
                     let merge = reuse(&stream, &mut k.merge, n)?;
                     gpu.reduce(&stream, merge, grads)?;
                 }
-                let result = Self::step(&gpu, &stream, o, lr, k, fused.then_some(grads));
+                let result = Self::step(gpu, &stream, o, lr, k, fused.then_some(grads));
                 if result.is_err() {
                     k.updates -= 1;
                 }
                 result
+            }
+        }
+    }
+
+    /// Asks once per context for direct access between the store's GPU and each of
+    /// `contexts` that is another (best effort: peer copies are right without it).
+    fn meet<'a>(&self, contexts: impl Iterator<Item = &'a Arc<CudaContext>>) {
+        let home = self.gpu.context();
+        for ctx in contexts.filter(|c| is_foreign(home, c)) {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            if !peers.iter().any(|p| !is_foreign(p, ctx)) {
+                peer::enable_access(home, ctx);
+                peers.push(Arc::clone(ctx));
             }
         }
     }
@@ -270,50 +303,76 @@ impl DeviceStore {
 
     /// A push followed by a pull into `out` (MXNet's `pushpull`). With no updater and no
     /// compression the two run as one pass: the sum is written to the value and to `out`.
+    /// Every argument is checked before the push, so a refused pushpull changes nothing.
     pub fn pushpull(
         &mut self,
         key: i64,
         grads: &[&CudaSlice<f32>],
         out: &mut CudaSlice<f32>,
     ) -> Result<(), CudaError> {
+        let n = self.check_push(key, grads)?;
+        check_pull_len(out.len(), n)?;
         let fused = self.updater == DeviceUpdater::Assign
             && self.compression.is_none()
-            && grads.len() <= MAX_FUSED_INPUTS;
-        let Some(k) = self.keys.get_mut(&key).filter(|_| fused) else {
+            && grads.len() <= MAX_FUSED_INPUTS
+            && !is_foreign(self.gpu.context(), out.context());
+        if !fused {
             self.push(key, grads)?;
             return self.pull(key, out);
-        };
-        if out.len() != k.value.len() {
-            return Err(invalid(format!(
-                "a pull output of {} elements for a key of {}",
-                out.len(),
-                k.value.len()
-            )));
         }
-        same_gpu(
-            &self.gpu,
-            grads.iter().map(|g| g.ordinal()).chain([out.ordinal()]),
-        )?;
-        let stream = Arc::clone(&k.stream);
-        self.gpu.reduce_pull(&stream, &mut k.value, out, grads)
+        self.meet(grads.iter().map(|g| g.context()));
+        let gpu = Arc::clone(&self.gpu);
+        let k = self
+            .keys
+            .get_mut(&key)
+            .ok_or_else(|| invalid(format!("key {key} is not initialised")))?;
+        let mut staging = std::mem::take(&mut k.staging);
+        let result = stage(&k.stream, &mut staging, grads)
+            .and_then(|staged| gpu.reduce_pull(&k.stream, &mut k.value, out, &staged));
+        k.staging = staging;
+        result
     }
 
-    /// Copies `key`'s value into `out` (of the key's size), on the key's stream (R25).
+    /// The checks a push makes before any work: the key's element count.
+    fn check_push(&self, key: i64, grads: &[&CudaSlice<f32>]) -> Result<usize, CudaError> {
+        let n = self
+            .keys
+            .get(&key)
+            .ok_or_else(|| invalid(format!("key {key} is not initialised")))?
+            .value
+            .len();
+        if grads.is_empty() {
+            return Err(invalid("a push needs at least one value".into()));
+        }
+        if let Some(g) = grads.iter().find(|g| g.len() != n) {
+            return Err(invalid(format!(
+                "a pushed value has {} elements, the key {n}",
+                g.len()
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Copies `key`'s value into `out` (of the key's size, on any GPU) after the key's work
+    /// so far (R25). Into another GPU it is a peer copy on `out`'s stream (R78).
     pub fn pull(&self, key: i64, out: &mut CudaSlice<f32>) -> Result<(), CudaError> {
+        let n = self
+            .keys
+            .get(&key)
+            .ok_or_else(|| invalid(format!("key {key} is not initialised")))?
+            .value
+            .len();
+        check_pull_len(out.len(), n)?;
+        self.meet([out.context()].into_iter());
         let k = self
             .keys
             .get(&key)
             .ok_or_else(|| invalid(format!("key {key} is not initialised")))?;
-        if out.len() != k.value.len() {
-            return Err(invalid(format!(
-                "a pull output of {} elements for a key of {}",
-                out.len(),
-                k.value.len()
-            )));
+        if is_foreign(self.gpu.context(), out.context()) {
+            peer::copy_out(&k.stream, &k.value, out)
+        } else {
+            Ok(k.stream.memcpy_dtod(&k.value, out)?)
         }
-        same_gpu(&self.gpu, [out.ordinal()].into_iter())?;
-        k.stream.memcpy_dtod(&k.value, out)?;
-        Ok(())
     }
 
     /// The rows `ids` of `key` (any order, repeats allowed; R30-R32): sorted and made
@@ -329,9 +388,18 @@ impl DeviceStore {
             .ok_or_else(|| invalid(format!("key {key} is not initialised")))?;
         let rows = k.shape.first().copied().unwrap_or(1);
         let row_len = k.row_len();
-        let Some(unique) = self
-            .gpu
-            .unique_ids(&k.stream, ids, rows, &mut self.scratch)?
+        // Ids from another GPU are copied over first (there are no empty allocations to copy).
+        let staged = if !ids.is_empty() && is_foreign(self.gpu.context(), ids.context()) {
+            Some(peer::clone_in(&k.stream, ids)?)
+        } else {
+            None
+        };
+        let Some(unique) = self.gpu.unique_ids(
+            &k.stream,
+            staged.as_ref().unwrap_or(ids),
+            rows,
+            &mut self.scratch,
+        )?
         else {
             return Ok(DeviceRows {
                 ids: None,
@@ -373,16 +441,41 @@ impl DeviceStore {
     }
 }
 
-/// Values on another GPU are refused: peer copies into the key's GPU are designed
-/// (docs/gpu.md) but not built, since no machine with two GPUs was there to test them.
-fn same_gpu(gpu: &Gpu, ordinals: impl Iterator<Item = usize>) -> Result<(), CudaError> {
-    let home = gpu.context().ordinal();
-    for o in ordinals {
-        if o != home {
-            return Err(invalid(format!(
-                "a value on GPU {o} for a store on GPU {home}: peer copies are not supported yet"
-            )));
+/// `grads` as the key's GPU sees them: each one from another context peer-copied into its
+/// device's staging buffer (kept between pushes), the others as they are.
+fn stage<'a>(
+    stream: &Arc<CudaStream>,
+    staging: &'a mut Vec<Option<CudaSlice<f32>>>,
+    grads: &[&'a CudaSlice<f32>],
+) -> Result<Vec<&'a CudaSlice<f32>>, CudaError> {
+    if staging.len() < grads.len() {
+        staging.resize_with(grads.len(), || None);
+    }
+    for (g, slot) in grads.iter().zip(staging.iter_mut()) {
+        if is_foreign(stream.context(), g.context()) {
+            peer::copy_in(stream, g, reuse(stream, slot, g.len())?)?;
         }
     }
-    Ok(())
+    grads
+        .iter()
+        .zip(staging.iter())
+        .map(|(g, slot)| {
+            if !is_foreign(stream.context(), g.context()) {
+                return Ok(*g);
+            }
+            slot.as_ref()
+                .ok_or_else(|| invalid("lost a staging buffer".into()))
+        })
+        .collect()
+}
+
+/// A pull output must have the key's element count.
+fn check_pull_len(got: usize, n: usize) -> Result<(), CudaError> {
+    if got == n {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "a pull output of {got} elements for a key of {n}"
+        )))
+    }
 }

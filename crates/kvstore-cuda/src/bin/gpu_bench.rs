@@ -28,8 +28,39 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// The median of `reps` event-timed runs of `f` on `s`, after three warm-up runs.
+/// The median of `reps` event-timed runs of `f` on `s`, after three warm-up runs. As
+/// `torch_bench.py` times PyTorch: every run is enqueued between its own pair of events with
+/// no wait in between, so the GPU runs them back to back and a run's time is the GPU's alone,
+/// not the host's launch latency (a run that reads back, as `row_sparse_pull` does, still
+/// waits inside `f`).
 fn time(s: &Arc<CudaStream>, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    s.synchronize().unwrap();
+    let mut events = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = s
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        f();
+        let end = s
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        events.push((start, end));
+    }
+    s.synchronize().unwrap();
+    median(
+        events
+            .iter()
+            .map(|(start, end)| f64::from(start.elapsed_ms(end).unwrap()))
+            .collect(),
+    )
+}
+
+/// [`time`] with a wait after every run, so each starts on an idle GPU and its time includes
+/// the launch latency (how the figures before 2026-11-27 were taken; kept for comparison).
+fn time_synced(s: &Arc<CudaStream>, reps: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..3 {
         f();
     }
@@ -219,6 +250,14 @@ fn main() {
             (k + 1) as f64 * bytes_f,
             ok,
             format!("K = {k}"),
+        );
+        let ms = time_synced(&s, reps, || gpu.reduce(&s, &mut out, &refs).unwrap());
+        push(
+            "reduce_synced",
+            ms,
+            (k + 1) as f64 * bytes_f,
+            ok,
+            "timed with a wait after each run (the earlier method)".into(),
         );
     }
 
@@ -466,6 +505,14 @@ fn main() {
             (k + 2) as f64 * bytes_f,
             ok,
             "one pass: K read, value and pull written".into(),
+        );
+        let ms = time_synced(&ks, reps, || store.pushpull(0, &refs, &mut out).unwrap());
+        push(
+            "pushpull_synced",
+            ms,
+            (k + 2) as f64 * bytes_f,
+            ok,
+            "timed with a wait after each run (the earlier method)".into(),
         );
     }
 
