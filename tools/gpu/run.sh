@@ -38,7 +38,7 @@ step fma 40 bash -c "KVSTORE_CUDA_DUMP_CUBIN=$out/kernels.cubin $bin/kvstore-gpu
   && echo \"128-bit loads: \$(grep -c 'LDG.E.128' $out/kernels.sass) stores: \$(grep -c 'STG.E.128' $out/kernels.sass)\" \
   && ! awk '/Function :/{f=\$3} /FFMA/ && f !~ /adam/ {bad=1} END{exit !bad}' $out/kernels.sass"
 step device_ops 60 env PROPTEST_CASES="${DEVICE_CASES:-500}" $bin/device_ops
-step device_store 60 env PROPTEST_CASES="${DEVICE_CASES:-500}" $bin/device_store
+step device_store 90 env PROPTEST_CASES="${DEVICE_CASES:-500}" $bin/device_store
 step equivalence 120 env PROPTEST_CASES="${EQUIVALENCE_CASES:-3000}" $bin/equivalence r77
 step bench 150 $bin/kvstore-gpu-bench --sweep --out "$out/kvstore_bench.json"
 step torch 200 env PYTHONUNBUFFERED=1 python3 .gpu/torch_bench.py --out "$out/torch_bench.json"
