@@ -22,6 +22,6 @@ cp target/release/kvstore-gpu-bench .gpu/bin/
   tests -p kvstore-tests --features cuda --test equivalence --test device_store; } \
   | while read -r name path; do cp "$path" ".gpu/bin/$name"; done
 strip .gpu/bin/* 2>/dev/null || true
-cp tools/gpu/run.sh tools/gpu/torch_bench.py tools/gpu/report.py .gpu/
+cp tools/gpu/run.sh tools/gpu/torch_bench.py tools/gpu/paired_bench.py tools/gpu/report.py .gpu/
 ls -la .gpu/bin
 du -sh .gpu

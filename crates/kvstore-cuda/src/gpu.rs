@@ -293,7 +293,8 @@ impl Gpu {
             return Ok(());
         }
         let (first, rest) = inputs.split_at(inputs.len().min(MAX_FUSED_INPUTS));
-        let cfg = self.stream_config(n.div_ceil(4));
+        // One thread per float2 item (kernels.cu says why not float4).
+        let cfg = self.stream_config(n.div_ceil(2));
         self.launch8(stream, self.func(|k| &k.reduce8), cfg, out, first)?;
         for chunk in rest.chunks(MAX_FUSED_INPUTS) {
             let cfg = self.config(n);
@@ -318,7 +319,7 @@ impl Gpu {
             return Ok(());
         }
         let (n64, k) = (u64_of(n), inputs.len() as u32);
-        let cfg = self.stream_config(n.div_ceil(4));
+        let cfg = self.stream_config(n.div_ceil(2));
         let mut b = stream.launch_builder(self.func(|k| &k.reduce8_pull));
         b.arg(out).arg(pulled).arg(&n64).arg(&k);
         for i in 0..MAX_FUSED_INPUTS {
