@@ -9,6 +9,10 @@
 //! crossing is a peer copy (`cuMemCpyPeerAsync`) with its cross-context ordering: the code path
 //! of several GPUs, run on one.
 //!
+//! R79: the `nccl` kind's device store ([`kvstore_cuda::NcclStore`], feature `nccl`) on a
+//! one-rank NCCL group against the spec's `nccl` store, on the same programs without
+//! compression and row_sparse_pull (the kind has neither), one device set per program (R23).
+//!
 //! Needs the `cuda` feature and a GPU; otherwise it prints one `SKIPPED` line naming why
 //! (`KVSTORE_REQUIRE_GPU=1` makes that a failure).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -364,6 +368,142 @@ mod on_gpu {
             .unwrap();
     }
 
+    /// R79: `NcclStore` over one GPU (a one-rank communicator) against the spec's `nccl` kind.
+    #[cfg(feature = "nccl")]
+    fn run_nccl(
+        store: &mut kvstore_cuda::NcclStore,
+        first_key: i64,
+        p: &Program,
+    ) -> Result<(), TestCaseError> {
+        let spec = kvstore::create_with(
+            "nccl",
+            Options {
+                backend: BackendKind::Spec,
+                workers: 1,
+            },
+        )
+        .unwrap();
+        let s = Arc::clone(gpu().unwrap().stream());
+        if let Some(o) = optimizer(p) {
+            spec.set_optimizer(o.clone()).unwrap();
+            store.set_updater(DeviceUpdater::Optimizer(o)).unwrap();
+        } else {
+            store.set_updater(DeviceUpdater::Assign).unwrap();
+        }
+        // One device count for every key: the kind reduces over one device set (R23).
+        let devices = p.shapes[0][2];
+        let key_of = |key: usize| first_key + key as i64;
+        for (key, shape) in p.shapes.iter().enumerate() {
+            let init = sample(shape[0] * shape[1], p.seed ^ key as u64);
+            spec.init(
+                key_of(key),
+                Tensor::new(shape[..2].to_vec(), init.clone()).unwrap(),
+            )
+            .unwrap();
+            store
+                .init(key_of(key), &shape[..2], &s.clone_htod(&init).unwrap())
+                .unwrap();
+        }
+        for op in &p.ops {
+            let (key, seed, pull) = match op {
+                Op::Push { key, seed } => (*key, *seed, false),
+                Op::PushPull { key, seed } => (*key, *seed, true),
+                Op::Pull { key } => {
+                    let shape = p.shapes[*key];
+                    let out = NdArray::zeros(shape[..2].to_vec(), kvstore::DType::F32).unwrap();
+                    spec.pull(key_of(*key), &out).unwrap();
+                    let mut dout = s.alloc_zeros::<f32>(shape[0] * shape[1]).unwrap();
+                    store.pull(key_of(*key), &mut dout).unwrap();
+                    prop_assert!(
+                        same_bits(&read(&dout), &out.to_f32()),
+                        "pull of key {}",
+                        key
+                    );
+                    continue;
+                }
+                Op::RefusedPushPull { key, seed } => {
+                    let shape = p.shapes[*key];
+                    let n = shape[0] * shape[1];
+                    let g = s.clone_htod(&sample(n, *seed)).unwrap();
+                    let mut dout = s.alloc_zeros::<f32>(n + 1).unwrap();
+                    prop_assert!(store.pushpull(key_of(*key), &[&g, &g], &mut dout).is_err());
+                    continue;
+                }
+                Op::RowSparsePull { .. } => continue,
+            };
+            let shape = p.shapes[key];
+            let n = shape[0] * shape[1];
+            let grads: Vec<Vec<f32>> = (0..devices).map(|d| sample(n, seed ^ d as u64)).collect();
+            let arrays: Vec<NdArray> = grads
+                .iter()
+                .map(|g| {
+                    NdArray::new(
+                        Tensor::new(shape[..2].to_vec(), g.clone())
+                            .unwrap()
+                            .on(Device::Gpu(0)),
+                    )
+                })
+                .collect();
+            let on_device: Vec<CudaSlice<f32>> =
+                grads.iter().map(|g| s.clone_htod(g).unwrap()).collect();
+            let refs: Vec<&CudaSlice<f32>> = on_device.iter().collect();
+            if pull {
+                let out = NdArray::zeros(shape[..2].to_vec(), kvstore::DType::F32).unwrap();
+                spec.pushpull(key_of(key), &arrays, &out).unwrap();
+                let mut dout = s.alloc_zeros::<f32>(n).unwrap();
+                store.pushpull(key_of(key), &refs, &mut dout).unwrap();
+                prop_assert!(
+                    same_bits(&read(&dout), &out.to_f32()),
+                    "pushpull of key {}",
+                    key
+                );
+            } else {
+                spec.push(key_of(key), &arrays).unwrap();
+                store.push(key_of(key), &refs).unwrap();
+            }
+        }
+        store.wait_all().unwrap();
+        Ok(())
+    }
+
+    #[cfg(feature = "nccl")]
+    #[test]
+    fn r79_nccl_store_on_one_gpu_matches_spec() {
+        let test = "r79_nccl_store_on_one_gpu_matches_spec";
+        let Some(gpu) = gpu_or_skip(test) else {
+            return;
+        };
+        // One store (and communicator: NCCL start-up is slow) per device count, since a store
+        // keeps the device set of its first multi-value push (R23); each case uses keys of
+        // its own and sets its own updater.
+        use std::collections::btree_map::Entry;
+        let stores = std::cell::RefCell::new(std::collections::BTreeMap::new());
+        let cases = std::cell::Cell::new(0i64);
+        runner(200)
+            .run(&program(), |p| {
+                cases.set(cases.get() + 1);
+                let mut stores = stores.borrow_mut();
+                let store = match stores.entry(p.shapes[0][2]) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        match kvstore_cuda::NcclStore::new(vec![Arc::clone(&gpu)]) {
+                            Ok(store) => e.insert(store),
+                            Err(why) => {
+                                assert!(
+                                    std::env::var_os("KVSTORE_REQUIRE_NCCL").is_none(),
+                                    "NCCL is required here: {why}"
+                                );
+                                kvstore_cuda::report_skip(test, &why);
+                                return Ok(());
+                            }
+                        }
+                    }
+                };
+                run_nccl(store, cases.get() * 10, &p)
+            })
+            .unwrap();
+    }
+
     #[test]
     fn r78_device_store_takes_values_from_another_context() {
         let test = "r78_device_store_takes_values_from_another_context";
@@ -400,6 +540,16 @@ fn r77_device_store_matches_spec_on_random_programs() {
 #[test]
 fn r78_device_store_takes_values_from_another_context() {
     skip_without_feature("r78_device_store_takes_values_from_another_context");
+}
+
+#[cfg(not(feature = "nccl"))]
+#[test]
+fn r79_nccl_store_on_one_gpu_matches_spec() {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED r79_nccl_store_on_one_gpu_matches_spec: built without the `nccl` feature"
+    );
 }
 
 /// A CUDA store where there is no GPU (or no `cuda` feature) is an `UnsupportedKind` error

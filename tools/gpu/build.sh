@@ -19,7 +19,7 @@ for line in sys.stdin:
 cargo build --release -p kvstore-cuda --features cuda --bins
 cp target/release/kvstore-gpu-bench .gpu/bin/
 { tests -p kvstore-cuda --features nccl --test device_ops --test compile
-  tests -p kvstore-tests --features cuda --test equivalence --test device_store; } \
+  tests -p kvstore-tests --features nccl --test equivalence --test device_store; } \
   | while read -r name path; do cp "$path" ".gpu/bin/$name"; done
 strip .gpu/bin/* 2>/dev/null || true
 cp tools/gpu/run.sh tools/gpu/torch_bench.py tools/gpu/paired_bench.py tools/gpu/report.py .gpu/

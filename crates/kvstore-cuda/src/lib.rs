@@ -30,6 +30,8 @@ mod gpu;
 pub mod module;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+#[cfg(feature = "nccl")]
+mod nccl_store;
 #[cfg(feature = "cuda")]
 mod peer;
 #[cfg(feature = "cuda")]
@@ -39,6 +41,8 @@ mod store;
 pub use cudarc;
 #[cfg(feature = "cuda")]
 pub use gpu::{AdamRows, Gpu, IdScratch, MAX_FUSED_INPUTS};
+#[cfg(feature = "nccl")]
+pub use nccl_store::NcclStore;
 #[cfg(feature = "cuda")]
 pub use store::{DeviceRows, DeviceStore, DeviceUpdater};
 

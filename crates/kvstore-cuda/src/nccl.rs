@@ -46,6 +46,50 @@ impl NcclGroup {
         self.comms.len()
     }
 
+    /// The stream rank `rank` communicates on (its GPU's own stream).
+    pub fn stream(&self, rank: usize) -> Option<Arc<cudarc::driver::CudaStream>> {
+        self.comms.get(rank).map(|c| c.stream())
+    }
+
+    /// `root` (on rank 0) becomes the sum of itself and `others` (`others[i]` on rank i + 1),
+    /// in NCCL's order: MXNet's reduce to the first device of the `nccl` kind.
+    pub fn reduce_to_first(
+        &self,
+        root: &mut CudaSlice<f32>,
+        others: &[&CudaSlice<f32>],
+    ) -> Result<(), CudaError> {
+        if others.len() + 1 != self.comms.len() {
+            return Err(CudaError::Invalid(format!(
+                "{} buffers for {} ranks",
+                others.len() + 1,
+                self.comms.len()
+            )));
+        }
+        let n = root.len();
+        if others.iter().any(|b| b.len() != n) {
+            return Err(CudaError::Invalid("reduce buffers differ in length".into()));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        group_start().map_err(nccl_error)?;
+        let mut result = self.comms[0]
+            .reduce_in_place(root, &ReduceOp::Sum, 0)
+            .map(|_| ())
+            .map_err(nccl_error);
+        for (comm, buffer) in self.comms[1..].iter().zip(others) {
+            if result.is_err() {
+                break;
+            }
+            result = comm
+                .reduce(*buffer, None::<&mut CudaSlice<f32>>, &ReduceOp::Sum, 0)
+                .map(|_| ())
+                .map_err(nccl_error);
+        }
+        group_end().map_err(nccl_error)?;
+        result
+    }
+
     /// Every buffer (one per rank, on its GPU, of one length) becomes the sum of all of them.
     pub fn all_reduce_sum(&self, buffers: &mut [CudaSlice<f32>]) -> Result<(), CudaError> {
         if buffers.len() != self.comms.len() {

@@ -334,7 +334,11 @@ impl DeviceStore {
     }
 
     /// The checks a push makes before any work: the key's element count.
-    fn check_push(&self, key: i64, grads: &[&CudaSlice<f32>]) -> Result<usize, CudaError> {
+    pub(crate) fn check_push(
+        &self,
+        key: i64,
+        grads: &[&CudaSlice<f32>],
+    ) -> Result<usize, CudaError> {
         let n = self
             .keys
             .get(&key)
