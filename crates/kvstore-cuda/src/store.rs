@@ -161,18 +161,31 @@ impl DeviceStore {
     /// checked before any work is enqueued: a refused push changes nothing.
     pub fn push(&mut self, key: i64, grads: &[&CudaSlice<f32>]) -> Result<(), CudaError> {
         self.check_push(key, grads)?;
-        self.meet(grads.iter().map(|g| g.context()));
-        let gpu = Arc::clone(&self.gpu);
         let compression = self.compression;
         let updater = self.updater.clone();
+        self.with_staged(key, grads, |gpu, k, staged| {
+            Self::merge(gpu, compression, &updater, k, staged)
+        })
+    }
+
+    /// Runs `work` on `key` with `grads` as the key's GPU sees them: those from another
+    /// context peer-copied into the key's staging buffers first (R78).
+    fn with_staged(
+        &mut self,
+        key: i64,
+        grads: &[&CudaSlice<f32>],
+        work: impl FnOnce(&Gpu, &mut Key, &[&CudaSlice<f32>]) -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
+        self.meet(grads.iter().map(|g| g.context()));
+        let gpu = Arc::clone(&self.gpu);
         let k = self
             .keys
             .get_mut(&key)
             .ok_or_else(|| invalid(format!("key {key} is not initialised")))?;
         // The staging buffers leave the key while the staged gradients borrow them.
         let mut staging = std::mem::take(&mut k.staging);
-        let result = stage(&k.stream, &mut staging, grads)
-            .and_then(|staged| Self::merge(&gpu, compression, &updater, k, &staged));
+        let result =
+            stage(&k.stream, &mut staging, grads).and_then(|staged| work(&gpu, k, &staged));
         k.staging = staging;
         result
     }
@@ -320,17 +333,16 @@ impl DeviceStore {
             self.push(key, grads)?;
             return self.pull(key, out);
         }
-        self.meet(grads.iter().map(|g| g.context()));
-        let gpu = Arc::clone(&self.gpu);
-        let k = self
-            .keys
-            .get_mut(&key)
-            .ok_or_else(|| invalid(format!("key {key} is not initialised")))?;
-        let mut staging = std::mem::take(&mut k.staging);
-        let result = stage(&k.stream, &mut staging, grads)
-            .and_then(|staged| gpu.reduce_pull(&k.stream, &mut k.value, out, &staged));
-        k.staging = staging;
-        result
+        self.with_staged(key, grads, |gpu, k, staged| {
+            gpu.reduce_pull(&k.stream, &mut k.value, out, staged)
+        })
+    }
+
+    /// `key`'s state, or the error for a key never initialised.
+    fn key(&self, key: i64) -> Result<&Key, CudaError> {
+        self.keys
+            .get(&key)
+            .ok_or_else(|| invalid(format!("key {key} is not initialised")))
     }
 
     /// The checks a push makes before any work: the key's element count.
@@ -339,12 +351,7 @@ impl DeviceStore {
         key: i64,
         grads: &[&CudaSlice<f32>],
     ) -> Result<usize, CudaError> {
-        let n = self
-            .keys
-            .get(&key)
-            .ok_or_else(|| invalid(format!("key {key} is not initialised")))?
-            .value
-            .len();
+        let n = self.key(key)?.value.len();
         if grads.is_empty() {
             return Err(invalid("a push needs at least one value".into()));
         }
@@ -360,18 +367,9 @@ impl DeviceStore {
     /// Copies `key`'s value into `out` (of the key's size, on any GPU) after the key's work
     /// so far (R25). Into another GPU it is a peer copy on `out`'s stream (R78).
     pub fn pull(&self, key: i64, out: &mut CudaSlice<f32>) -> Result<(), CudaError> {
-        let n = self
-            .keys
-            .get(&key)
-            .ok_or_else(|| invalid(format!("key {key} is not initialised")))?
-            .value
-            .len();
-        check_pull_len(out.len(), n)?;
+        let k = self.key(key)?;
+        check_pull_len(out.len(), k.value.len())?;
         self.meet([out.context()].into_iter());
-        let k = self
-            .keys
-            .get(&key)
-            .ok_or_else(|| invalid(format!("key {key} is not initialised")))?;
         if is_foreign(self.gpu.context(), out.context()) {
             peer::copy_out(&k.stream, &k.value, out)
         } else {
@@ -437,10 +435,7 @@ impl DeviceStore {
 
     /// `key`'s value copied to the host (waits for its stream).
     pub fn value_to_host(&self, key: i64) -> Result<Vec<f32>, CudaError> {
-        let k = self
-            .keys
-            .get(&key)
-            .ok_or_else(|| invalid(format!("key {key} is not initialised")))?;
+        let k = self.key(key)?;
         Ok(k.stream.clone_dtoh(&k.value)?)
     }
 }

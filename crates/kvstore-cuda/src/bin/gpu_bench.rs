@@ -33,7 +33,17 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// no wait in between, so the GPU runs them back to back and a run's time is the GPU's alone,
 /// not the host's launch latency (a run that reads back, as `row_sparse_pull` does, still
 /// waits inside `f`).
-fn time(s: &Arc<CudaStream>, reps: usize, mut f: impl FnMut()) -> f64 {
+fn time(s: &Arc<CudaStream>, reps: usize, f: impl FnMut()) -> f64 {
+    timed(s, reps, false, f)
+}
+
+/// [`time`] with a wait after every run, so each starts on an idle GPU and its time includes
+/// the launch latency (how the figures before 2026-11-27 were taken; kept for comparison).
+fn time_synced(s: &Arc<CudaStream>, reps: usize, f: impl FnMut()) -> f64 {
+    timed(s, reps, true, f)
+}
+
+fn timed(s: &Arc<CudaStream>, reps: usize, wait_each: bool, mut f: impl FnMut()) -> f64 {
     for _ in 0..3 {
         f();
     }
@@ -47,6 +57,9 @@ fn time(s: &Arc<CudaStream>, reps: usize, mut f: impl FnMut()) -> f64 {
         let end = s
             .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
             .unwrap();
+        if wait_each {
+            end.synchronize().unwrap();
+        }
         events.push((start, end));
     }
     s.synchronize().unwrap();
@@ -56,28 +69,6 @@ fn time(s: &Arc<CudaStream>, reps: usize, mut f: impl FnMut()) -> f64 {
             .map(|(start, end)| f64::from(start.elapsed_ms(end).unwrap()))
             .collect(),
     )
-}
-
-/// [`time`] with a wait after every run, so each starts on an idle GPU and its time includes
-/// the launch latency (how the figures before 2026-11-27 were taken; kept for comparison).
-fn time_synced(s: &Arc<CudaStream>, reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    s.synchronize().unwrap();
-    let mut ms = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let start = s
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .unwrap();
-        f();
-        let end = s
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .unwrap();
-        end.synchronize().unwrap();
-        ms.push(f64::from(start.elapsed_ms(&end).unwrap()));
-    }
-    median(ms)
 }
 
 fn sample(n: usize, seed: u64) -> Vec<f32> {
